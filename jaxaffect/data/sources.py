@@ -1,0 +1,77 @@
+"""Opens extracted datasets (TFDS ArrayRecord) as random-access sources for grain.
+
+Synthetic datasets are generated and extracted on first use when `dataset.auto_prepare` is set;
+real datasets must have been downloaded by the user (`dataset.manual_dir`), and a missing folder
+is a one-line error naming it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from jaxaffect.errors import UserError
+
+SYNTHETIC = ("synthetic_ve8",)
+REAL = ("ve8",)
+
+
+def _expand(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def raw_dir(ds) -> str:
+  if ds.get("manual_dir", ""):
+    return _expand(ds.manual_dir)
+  root = _expand(ds.data_dir)
+  if ds.name in SYNTHETIC:
+    syn = ds.synthetic
+    tag = f"seed{syn.seed}_n{syn.num_train_per_class}x{syn.num_test_per_class}"
+    return os.path.join(root, "raw", f"{ds.name}_{tag}")
+  return os.path.join(root, "raw", ds.name)
+
+
+def tfds_dir(ds) -> str:
+  return os.path.join(_expand(ds.data_dir), "tfds")
+
+
+def extraction_kwargs(ds) -> dict:
+  kw = dict(ds.extraction.to_dict())
+  kw["split"] = int(ds.get("split", 1))
+  if not kw.get("fps"):
+    kw["fps"] = None  # 0 in the config = native frame rate
+  return kw
+
+
+def prepare_video_emotion(ds) -> None:
+  """Generates (synthetic only) and extracts the dataset if not done yet. Process 0 only."""
+  from data_pipelines.builders import video_emotion
+  raw = raw_dir(ds)
+  if ds.name in SYNTHETIC:
+    if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
+      raise UserError(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
+    from data_pipelines.synthetic import affect_world
+    syn = ds.synthetic
+    affect_world.generate_ve8_style(raw, seed=int(syn.seed),
+                                    num_train_per_class=int(syn.num_train_per_class),
+                                    num_test_per_class=int(syn.num_test_per_class))
+  elif ds.name not in REAL:
+    raise UserError(f"dataset.name: unknown dataset {ds.name!r}; known: "
+                    f"{', '.join(SYNTHETIC + REAL)}")
+  if not os.path.isdir(raw):
+    raise UserError(f"dataset: raw data folder {raw} does not exist; download the dataset "
+                    "there or set --config.dataset.manual_dir")
+  os.makedirs(tfds_dir(ds), exist_ok=True)
+  video_emotion.build_video_emotion(raw, tfds_dir(ds), extraction_kwargs(ds))
+
+
+def video_emotion_source(ds, split: str):
+  """The random-access source of one split (records as in the builder's features)."""
+  from data_pipelines.builders import video_emotion
+  raw = raw_dir(ds)
+  data = tfds_dir(ds)
+  if not os.path.isdir(data):
+    raise UserError(f"dataset: data directory {data} does not exist; run the extraction first "
+                    "(or enable dataset.auto_prepare for synthetic data)")
+  builder = video_emotion.build_video_emotion(raw, data, extraction_kwargs(ds), build=False)
+  logging.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
+  return builder.as_data_source(split=split)

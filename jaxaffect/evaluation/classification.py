@@ -1,0 +1,47 @@
+"""Classification metrics on NumPy arrays (no model, no trainer).
+
+top1: fraction of examples whose argmax equals the label. mean_class_accuracy: the mean over
+classes present in the labels of per-class recall. polarity_accuracy: the argmax's polarity equals
+the label's polarity. confusion[i][j]: examples of class i predicted as j.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (labels.astype(np.int64), pred.astype(np.int64)), 1)
+  return cm
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                           polarity: np.ndarray | None = None,
+                           class_names: Sequence[str] = ()) -> dict:
+  logits = np.asarray(logits)
+  labels = np.asarray(labels).astype(np.int64)
+  if logits.shape[0] != labels.shape[0]:
+    raise ValueError(f"{logits.shape[0]} predictions for {labels.shape[0]} labels")
+  if labels.size == 0:
+    raise ValueError("no evaluation examples")
+  pred = logits.argmax(-1)
+  cm = confusion_matrix(pred, labels, num_classes)
+  support = cm.sum(1)
+  per_class = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+  names = list(class_names) if len(class_names) == num_classes else [str(i) for i in
+                                                                       range(num_classes)]
+  out = {
+      "top1": float((pred == labels).mean()),
+      "mean_class_accuracy": float(np.nanmean(per_class)),
+      "num_examples": int(labels.size),
+      "confusion": cm.tolist(),
+  }
+  for name, acc in zip(names, per_class):
+    if not np.isnan(acc):
+      out[f"accuracy/{name}"] = float(acc)
+  if polarity is not None:
+    pol = np.asarray(polarity)
+    out["polarity_accuracy"] = float((pol[pred] == pol[labels]).mean())
+  return out

@@ -1,0 +1,101 @@
+"""VAANet (Zhao et al., AAAI 2020): visual-audio attention + polarity-consistent cross-entropy.
+
+Model: jaxaffect.models.vaanet.VAANet. Loss: PCCE, per-sample CE weighted by (1 + lambda) when
+the argmax prediction's polarity differs from the label's (a hard, non-differentiable weight, as
+the released code computes it). Metrics: top-1, per-class and mean-class accuracy, polarity
+accuracy, confusion matrix. Data: VE-8-style datasets through the video_emotion builder.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxaffect.data import pipeline
+from jaxaffect.data import sources
+from jaxaffect.evaluation import classification
+from jaxaffect.methods import base
+from jaxaffect.models import vaanet as vaanet_model
+
+
+def pcce_loss(logits: jax.Array, labels: jax.Array, polarity_table: jax.Array,
+              lam: float) -> tuple[jax.Array, jax.Array]:
+  """Mean of (1 + lam * [polarity(argmax) != polarity(label)]) * CE; returns (loss, weights)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  pred = jnp.argmax(logits, axis=-1)
+  wrong_polarity = polarity_table[pred] != polarity_table[labels]
+  weights = jax.lax.stop_gradient(1.0 + lam * wrong_polarity.astype(jnp.float32))
+  return jnp.mean(weights * ce), weights
+
+
+class Method(base.Method):
+  state_collections = ("batch_stats",)
+
+  def build_model(self):
+    m = self.config.model
+    ds = self.config.dataset
+    kwargs = dict(m.to_dict())
+    kwargs.setdefault("num_classes", int(ds.num_classes))
+    kwargs.setdefault("num_segments", int(ds.num_segments))
+    kwargs.setdefault("audio_segments", int(ds.audio_segments))
+    return vaanet_model.VAANet(**kwargs)
+
+  @property
+  def polarity(self) -> np.ndarray:
+    return np.asarray(self.config.dataset.polarity, np.int32)
+
+  def example_batch(self, batch_size: int):
+    ds = self.config.dataset
+    s, t, c = int(ds.num_segments), int(ds.snippet_len), int(ds.crop_size)
+    a, f, m = int(ds.audio_segments), int(ds.audio_frames_per_segment), int(ds.extraction.n_mfcc)
+    return {
+        "video": np.zeros((batch_size, s, t, c, c, 3), np.uint8),
+        "audio": np.zeros((batch_size, a, f, m), np.float32),
+        "label": np.zeros((batch_size,), np.int32),
+        "polarity": np.zeros((batch_size,), np.int32),
+    }
+
+  def model_inputs(self, batch):
+    return {"video": batch["video"], "audio": batch["audio"]}
+
+  def loss(self, params, model_state, batch, rng):
+    del rng  # VAANet has no dropout
+    out, new_state = self.model.apply({"params": params, **model_state},
+                                      **self.model_inputs(batch), train=True,
+                                      mutable=list(self.state_collections))
+    logits = out["logits"]
+    lc = self.config.loss
+    lam = float(lc.pcce_lambda) if lc.name == "pcce" else 0.0
+    loss, weights = pcce_loss(logits, batch["label"], jnp.asarray(self.polarity), lam)
+    acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    return loss, ({"top1": acc, "pcce_weight": jnp.mean(weights)}, dict(new_state))
+
+  def predict(self, params, model_state, batch):
+    out = self.model.apply({"params": params, **model_state}, **self.model_inputs(batch),
+                           train=False)
+    return {"logits": out["logits"].astype(jnp.float32)}
+
+  def eval_metrics(self, outputs, labels):
+    return classification.classification_metrics(
+        outputs["logits"], labels["label"], num_classes=int(self.config.dataset.num_classes),
+        polarity=self.polarity, class_names=tuple(self.config.dataset.get("class_names", ())))
+
+  # ---- data ------------------------------------------------------------------------------------
+  def prepare_data(self):
+    sources.prepare_video_emotion(self.config.dataset)
+
+  def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    ds = self.config.dataset
+    src = sources.video_emotion_source(ds, "train")
+    dataset = pipeline.train_dataset(
+        src, transform_cfg=ds, seed=seed, global_batch_size=global_batch_size,
+        process_index=process_index, process_count=process_count,
+        worker_count=int(ds.get("worker_count", 0)))
+    return iter(dataset)
+
+  def eval_batches(self, *, global_batch_size, process_index, process_count):
+    ds = self.config.dataset
+    src = sources.video_emotion_source(ds, ds.get("eval_split", "test"))
+    return pipeline.eval_batches(src, transform_cfg=ds, global_batch_size=global_batch_size,
+                                 process_index=process_index, process_count=process_count)

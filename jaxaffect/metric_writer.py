@@ -1,0 +1,80 @@
+"""metrics.jsonl + TensorBoard writer (process 0 only).
+
+metrics.jsonl holds one JSON object per log event: {"step": N, "train/loss": ..., ...}. On resume
+from step k, events after k (written by the interrupted run past its last checkpoint) are dropped
+so the file reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _to_py(v: Any) -> Any:
+  if isinstance(v, (np.generic, np.ndarray)) and np.ndim(v) == 0:
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)
+  return v
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # pure-Python event writer, no TensorFlow
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def truncate_after(self, step: int) -> None:
+    """Drops events logged after `step` (they belong to a run that was killed)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    kept = []
+    with open(self.path) as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut by a kill
+        if int(rec.get("step", 0)) <= step:
+          kept.append(line)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write("".join(k + "\n" for k in kept))
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.enabled or not metrics:
+      return
+    rec = {"step": int(step)}
+    rec.update({k: _to_py(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+    if self._tb is not None:
+      for k, v in metrics.items():
+        v = _to_py(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]

@@ -1,0 +1,107 @@
+"""Optax optimizer and learning-rate schedule built from the config.
+
+config.optimizer: name (adam | adamw | sgd), learning_rate, weight_decay, b1, b2, eps, momentum,
+  nesterov, grad_clip_norm (0 = off), lr_multipliers (list of [regex, factor]).
+config.schedule: name (constant | cosine | warmup_cosine | linear | step), warmup_steps,
+  end_factor, boundaries/factors for "step".
+config.frozen_params: regexes over "/"-joined parameter paths whose updates are zeroed (frozen
+  backbones); their optimizer state is never allocated.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import optax
+from flax import traverse_util
+
+
+def make_schedule(config) -> Callable[[Any], Any]:
+  opt, sch = config.optimizer, config.schedule
+  lr = float(opt.learning_rate)
+  total = max(int(config.total_steps), 1)
+  name = sch.get("name", "constant")
+  warmup = int(sch.get("warmup_steps", 0))
+  if name == "constant":
+    base = optax.constant_schedule(lr)
+  elif name in ("cosine", "warmup_cosine"):
+    base = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else lr, peak_value=lr, warmup_steps=warmup,
+        decay_steps=total, end_value=lr * float(sch.get("end_factor", 0.0)))
+    return base
+  elif name == "linear":
+    base = optax.linear_schedule(lr, lr * float(sch.get("end_factor", 0.0)), total - warmup)
+  elif name == "step":
+    bounds = [int(b) for b in sch.boundaries]
+    base = optax.piecewise_constant_schedule(
+        lr, {b: float(f) for b, f in zip(bounds, sch.factors)})
+  else:
+    raise ValueError(f"schedule.name: unknown schedule {name!r} "
+                     "(constant, cosine, warmup_cosine, linear, step)")
+  if warmup:
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), base], [warmup])
+  return base
+
+
+def _path_labels(params, patterns: list[tuple[str, str]], default: str) -> Any:
+  flat = traverse_util.flatten_dict(params, sep="/")
+  labels = {}
+  for path in flat:
+    labels[path] = default
+    for regex, label in patterns:
+      if re.fullmatch(regex, path):
+        labels[path] = label
+        break
+  return traverse_util.unflatten_dict(labels, sep="/")
+
+
+def trainable_mask(params, frozen_patterns) -> Any:
+  """True for parameters that are trained (not matched by a frozen pattern)."""
+  labels = _path_labels(params, [(p, "frozen") for p in frozen_patterns], "trainable")
+  return jax.tree.map(lambda l: l == "trainable", labels)
+
+
+def _base_optimizer(opt, schedule) -> optax.GradientTransformation:
+  name = opt.get("name", "adam")
+  wd = float(opt.get("weight_decay", 0.0))
+  if name == "adam":
+    # PyTorch-style L2 (added to the gradient before Adam), as torch.optim.Adam does.
+    chain = [optax.add_decayed_weights(wd)] if wd else []
+    chain.append(optax.scale_by_adam(b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                                     eps=opt.get("eps", 1e-8)))
+    chain.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*chain)
+  if name == "adamw":
+    return optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                       eps=opt.get("eps", 1e-8), weight_decay=wd)
+  if name == "sgd":
+    chain = [optax.add_decayed_weights(wd)] if wd else []
+    chain.append(optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None,
+                           nesterov=bool(opt.get("nesterov", False))))
+    return optax.chain(*chain)
+  raise ValueError(f"optimizer.name: unknown optimizer {name!r} (adam, adamw, sgd)")
+
+
+def make_optimizer(config, params) -> tuple[optax.GradientTransformation, Callable]:
+  """Returns (tx, schedule). `params` may be abstract; only the tree structure is used."""
+  opt = config.optimizer
+  schedule = make_schedule(config)
+  frozen = list(config.get("frozen_params", ()) or ())
+  multipliers = [(str(r), float(f)) for r, f in (opt.get("lr_multipliers", None) or [])]
+
+  def make_tx(factor: float):
+    sched = schedule if factor == 1.0 else (lambda s, f=factor: schedule(s) * f)
+    return _base_optimizer(opt, sched)
+
+  patterns = [(p, "frozen") for p in frozen]
+  patterns += [(r, f"mult_{i}") for i, (r, _) in enumerate(multipliers)]
+  transforms = {"frozen": optax.set_to_zero(), "default": make_tx(1.0)}
+  for i, (_, f) in enumerate(multipliers):
+    transforms[f"mult_{i}"] = make_tx(f)
+  labels = _path_labels(params, patterns, "default")
+  tx = optax.multi_transform(transforms, labels)
+  clip = float(opt.get("grad_clip_norm", 0.0) or 0.0)
+  if clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  return tx, schedule

@@ -1,0 +1,202 @@
+"""The jitted, sharded pieces every method shares: state init, train step, eval step.
+
+State is a plain dict {"step", "params", "model_state", "opt_state"}. The train step is a pure
+function of (state, global batch, base RNG); its RNG is fold_in(base, step), so a resumed run draws
+the same numbers as an uninterrupted one. Shardings come from `jax.eval_shape` of the init under
+the logical-axis rules; the step donates the state.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxaffect import optim
+from jaxaffect import sharding as shd
+
+
+@dataclasses.dataclass
+class Setup:
+  method: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  tx: optax.GradientTransformation
+  schedule: Callable
+  abstract_state: Any          # unboxed ShapeDtypeStructs carrying their shardings
+  state_sharding: Any
+  batch_sharding: jax.sharding.NamedSharding
+  init_fn: Callable            # rng -> state
+  train_step: Callable         # (state, batch, rng) -> (state, metrics)
+  eval_step: Callable          # (state, batch) -> outputs (replicated)
+  trainable_mask: Any
+
+  def context(self):
+    """Mesh + logical rules; every trace (init, step, eval) runs under it."""
+    return _Context(self.mesh, self.rules)
+
+
+class _Context:
+
+  def __init__(self, mesh, rules):
+    self.mesh, self.rules = mesh, rules
+    self._stack = []
+
+  def __enter__(self):
+    a, b = jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules)
+    a.__enter__()
+    b.__enter__()
+    self._stack = [b, a]
+    return self
+
+  def __exit__(self, *exc):
+    for c in self._stack:
+      c.__exit__(*exc)
+    return False
+
+
+def _split_microbatches(batch, k: int):
+  """[B, ...] -> [k, B/k, ...] with microbatch j = examples j, j+k, ... (keeps the sharded
+  leading dim contiguous per device, so no cross-device shuffle is needed)."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch of {x.shape[0]} not divisible by grad_accum_steps={k}")
+    y = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+    return jnp.moveaxis(y, 1, 0)
+  return jax.tree.map(split, batch)
+
+
+def build(config, method, mesh) -> Setup:
+  rules = shd.rules_from_config(config)
+  grad_accum = int(config.get("grad_accum_steps", 1) or 1)
+  init_batch_size = shd.batch_divisor(mesh)
+  example = method.example_batch(init_batch_size)
+  example_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example.items()}
+
+  def init_variables(rng):
+    batch = {k: jnp.zeros(s.shape, s.dtype) for k, s in example_specs.items()}
+    return method.init_variables(rng, batch)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract_vars = jax.eval_shape(init_variables, jax.random.key(0))
+  abstract_params = shd.unbox_abstract(abstract_vars["params"])
+  tx, schedule = optim.make_optimizer(config, abstract_params)
+  mask = optim.trainable_mask(abstract_params, config.get("frozen_params", ()) or ())
+
+  def init_state(rng):
+    variables = init_variables(rng)
+    params = variables["params"]
+    model_state = {c: variables[c] for c in method.state_collections if c in variables}
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
+            "opt_state": tx.init(shd.unbox_abstract(params))}
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, jax.random.key(0))
+    # The optimizer state mirrors the params; give it the params' logical boxes.
+    boxed["opt_state"] = _box_like_params(boxed["opt_state"], boxed["params"])
+    state_sharding = shd.state_shardings(boxed, mesh, rules)
+  unboxed = shd.unbox_abstract(boxed)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, state_sharding)
+  batch_sharding = shd.batch_sharding(mesh)
+  repl = shd.replicated(mesh)
+
+  init_fn = jax.jit(lambda rng: shd.unbox_abstract(init_state(rng)),
+                    out_shardings=state_sharding)
+
+  def grads_of(params, model_state, batch, rng):
+    return jax.value_and_grad(method.loss, has_aux=True)(params, model_state, batch, rng)
+
+  def train_step(state, batch, base_rng):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+    params = state["params"]
+    if grad_accum == 1:
+      (loss, (metrics, model_state)), grads = grads_of(params, state["model_state"], batch, rng)
+    else:
+      micro = _split_microbatches(batch, grad_accum)
+
+      def body(carry, xs):
+        g_acc, ms, l_acc, m_acc = carry
+        j, mb = xs
+        (l, (m, ms)), g = grads_of(params, ms, mb, jax.random.fold_in(rng, j))
+        g_acc = jax.tree.map(jnp.add, g_acc, g)
+        m_acc = jax.tree.map(jnp.add, m_acc, m)
+        return (g_acc, ms, l_acc + l, m_acc), None
+
+      zeros_g = jax.tree.map(jnp.zeros_like, params)
+      m_shape = jax.eval_shape(lambda: grads_of(params, state["model_state"],
+                                                jax.tree.map(lambda x: x[0], micro), rng)[0][1][0])
+      zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+      (grads, model_state, loss, metrics), _ = jax.lax.scan(
+          body, (zeros_g, state["model_state"], jnp.zeros((), jnp.float32), zeros_m),
+          (jnp.arange(grad_accum), micro))
+      inv = 1.0 / grad_accum
+      grads = jax.tree.map(lambda g: g * inv, grads)
+      loss = loss * inv
+      metrics = jax.tree.map(lambda m: m * inv, metrics)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    grad_norm = optax.global_norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g),
+                                               grads, mask))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step leaves the state untouched; the host stops the run and names the step.
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = {
+        "step": step + 1,
+        "params": keep(new_params, params),
+        "model_state": keep(model_state, state["model_state"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+    }
+    out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite}
+    out.update(metrics)
+    return new_state, out
+
+  def eval_step(state, batch):
+    outputs = method.predict(state["params"], state["model_state"], batch)
+    outputs = dict(outputs)
+    for k in tuple(method.eval_label_keys) + ("_mask",):
+      outputs[k] = batch[k]
+    return outputs
+
+  train_step_jit = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, repl),
+                           out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  eval_step_jit = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
+                          out_shardings=repl)
+  return Setup(method=method, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
+               abstract_state=abstract_state, state_sharding=state_sharding,
+               batch_sharding=batch_sharding, init_fn=init_fn, train_step=train_step_jit,
+               eval_step=eval_step_jit, trainable_mask=mask)
+
+
+def _box_like_params(opt_state, boxed_params):
+  """Re-attaches each parameter's logical box to optimizer-state leaves of the same tree shape
+  (Adam moments etc.); scalars such as counts stay replicated."""
+  params_struct = jax.tree.structure(boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  boxes = jax.tree.leaves(boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+  def visit(node):
+    try:
+      leaves = params_struct.flatten_up_to(node)
+    except (ValueError, TypeError):
+      leaves = None
+    if leaves is not None and all(hasattr(l, "shape") for l in leaves):
+      boxed = [b.replace_boxed(l) if isinstance(b, nn.Partitioned) and l.shape == b.value.shape
+               else l for b, l in zip(boxes, leaves)]
+      return params_struct.unflatten(boxed)
+    if isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
+      return type(node)(visit(c) for c in node)
+    if hasattr(node, "_fields"):  # namedtuple optimizer states
+      return type(node)(*[visit(c) for c in node])
+    if isinstance(node, dict):
+      return {k: visit(v) for k, v in node.items()}
+    return node
+
+  return visit(opt_state)
+
+
+def make_global_batch(local_batch: dict, sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

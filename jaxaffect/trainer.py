@@ -1,0 +1,247 @@
+"""The one train loop for every method: resume, train, log, checkpoint, evaluate.
+
+Order of initialisation (big_vision / MaxText agree): this workdir's latest checkpoint, else
+`config.init_from` (params only), else from scratch. Everything that decides numbers (the RNG per
+step, the batch per step, the state) is saved or derived from the step, so a killed run resumes
+to the same losses bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxaffect import checkpointing
+from jaxaffect import metric_writer
+from jaxaffect import methods
+from jaxaffect import sharding as shd
+from jaxaffect import steps as steps_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """SIGTERM -> save and exit cleanly. Multi-process runs agree through JAX's sync point."""
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1:
+      try:
+        signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:  # not the main thread (e.g. some test runners)
+        pass
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except Exception:  # preemption service not available on this runtime
+        return False
+    return self.requested
+
+
+def setup(config, *, prepare_data: bool = True) -> steps_lib.Setup:
+  method = methods.get_method(config)
+  if prepare_data:
+    if jax.process_index() == 0:
+      method.prepare_data()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxaffect_data_prepared")
+  mesh = shd.make_mesh(config.mesh)
+  _check_batch(config, mesh)
+  return steps_lib.build(config, method, mesh)
+
+
+def _check_batch(config, mesh) -> None:
+  div = shd.batch_divisor(mesh)
+  for key in ("batch_size", "eval_batch_size"):
+    b = int(config.get(key, config.batch_size))
+    if b % div or b % jax.process_count():
+      raise ValueError(f"config.{key}={b} must be divisible by the data x fsdp mesh size ({div}) "
+                       f"and the process count ({jax.process_count()})")
+  accum = int(config.get("grad_accum_steps", 1) or 1)
+  if (config.batch_size // accum) % div or config.batch_size % accum:
+    raise ValueError(f"config.batch_size={config.batch_size} / grad_accum_steps={accum} must be "
+                     f"an integer divisible by the data x fsdp mesh size ({div})")
+
+
+def initial_state(s: steps_lib.Setup, config, ckpt: checkpointing.Checkpointer | None,
+                  train_iter=None) -> tuple[Any, int]:
+  """Returns (state, start_step)."""
+  latest = ckpt.latest_step() if ckpt is not None else None
+  with s.context():
+    if latest is not None:
+      logging.info("resuming from %s step %d", ckpt.directory, latest)
+      state = ckpt.restore(latest, s.abstract_state, train_iter)
+      return state, int(latest)
+    state = s.init_fn(jax.random.key(int(config.seed)))
+    if config.get("init_from", ""):
+      params = checkpointing.restore_params(config.init_from, s.abstract_state["params"])
+      state = dict(state, params=params)
+      logging.info("initialised params from %s", config.init_from)
+  return state, 0
+
+
+def evaluate(s: steps_lib.Setup, config, state) -> dict[str, float]:
+  """Runs the eval split once (padding masked out) and returns the method's metrics."""
+  method = s.method
+  outputs: dict[str, list[np.ndarray]] = {}
+  batches = method.eval_batches(global_batch_size=int(config.get("eval_batch_size",
+                                                                 config.batch_size)),
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  with s.context():
+    for local in batches:
+      batch = steps_lib.make_global_batch(local, s.batch_sharding)
+      out = jax.device_get(s.eval_step(state, batch))
+      keep = np.asarray(out.pop("_mask"), bool)
+      for k, v in out.items():
+        outputs.setdefault(k, []).append(np.asarray(v)[keep])
+  merged = {k: np.concatenate(v) for k, v in outputs.items()}
+  labels = {k: merged.pop(k) for k in method.eval_label_keys}
+  return method.eval_metrics(merged, labels)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  os.makedirs(workdir, exist_ok=True)
+  s = setup(config)
+  writer = metric_writer.MetricWriter(workdir)
+  total = int(config.total_steps)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    every_steps=int(config.checkpoint.every_steps),
+                                    keep=int(config.checkpoint.keep),
+                                    async_save=bool(config.checkpoint.get("async", True)))
+  results_path = os.path.join(workdir, "results.json")
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= total and os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+    logging.info("workdir %s already holds the final checkpoint (step %d) and results",
+                 workdir, latest)
+    _print_results(results)
+    ckpt.close()
+    return results
+
+  train_iter = s.method.train_iterator(seed=int(config.seed),
+                                       global_batch_size=int(config.batch_size),
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+  state, start = initial_state(s, config, ckpt, train_iter)
+  writer.truncate_after(start)
+  if start == 0:
+    _write_config(workdir, config)
+  meta = {"config": json.loads(config.to_json_best_effort())}
+  base_rng = jax.random.key(int(config.seed))
+  preempt = _Preemption()
+  log_every = max(int(config.log_every_steps), 1)
+  eval_every = int(config.get("eval_every_steps", 0) or 0)
+  pbar = _progress(start, total)
+  pending = None  # (step, metrics) of the previous step: checked one step late, keeps dispatch async
+  t_last, step_last = time.perf_counter(), start
+  step = start
+  try:
+    with s.context():
+      for step in range(start + 1, total + 1):
+        local = next(train_iter)
+        batch = steps_lib.make_global_batch(local, s.batch_sharding)
+        state, metrics = s.train_step(state, batch, base_rng)
+        if pending is not None:
+          _check_finite(*pending, ckpt)
+        pending = (step, metrics)
+        if step % log_every == 0 or step == total:
+          _check_finite(*pending, ckpt)
+          m = jax.device_get(metrics)
+          now = time.perf_counter()
+          rec = {f"train/{k}": float(v) for k, v in m.items() if k != "finite"}
+          rec["train/steps_per_sec"] = (step - step_last) / max(now - t_last, 1e-9)
+          rec["train/examples_per_sec"] = rec["train/steps_per_sec"] * int(config.batch_size)
+          t_last, step_last = now, step
+          writer.write(step, rec)
+          if pbar is not None:
+            pbar.set_postfix(loss=f"{rec['train/loss']:.4f}")
+        if pbar is not None:
+          pbar.update(1)
+        if ckpt.should_save(step) or step == total:
+          ckpt.save(step, state, train_iter, meta)
+        if eval_every and step % eval_every == 0 and step != total:
+          writer.write(step, {f"eval/{k}": v for k, v in evaluate(s, config, state).items()})
+        if preempt.reached(step):
+          logging.warning("preemption requested at step %d: saving and exiting", step)
+          if ckpt.latest_step() != step:
+            ckpt.save(step, state, train_iter, meta, force=True)
+          ckpt.close()
+          writer.close()
+          raise SystemExit(0)
+    if pending is not None:
+      _check_finite(*pending, ckpt)
+  finally:
+    if pbar is not None:
+      pbar.close()
+  ckpt.wait()
+  results = evaluate(s, config, state)
+  results = {f"eval/{k}": v for k, v in results.items()}
+  writer.write(total, results)
+  if jax.process_index() == 0:
+    with open(results_path + ".tmp", "w") as f:
+      json.dump(dict(results, step=total), f, indent=2, sort_keys=True)
+    os.replace(results_path + ".tmp", results_path)
+  _print_results(results)
+  ckpt.close()
+  writer.close()
+  return results
+
+
+def evaluate_only(config, workdir: str) -> dict[str, float]:
+  """--mode eval: restores the latest checkpoint of `workdir` (or `init_from`) and evaluates."""
+  s = setup(config)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
+  if ckpt.latest_step() is None and not config.get("init_from", ""):
+    raise FileNotFoundError(f"--mode eval: no checkpoint under {ckpt.directory} and no "
+                            "config.init_from")
+  state, step = initial_state(s, config, ckpt)
+  results = {f"eval/{k}": v for k, v in evaluate(s, config, state).items()}
+  metric_writer.MetricWriter(workdir, tensorboard=False).write(step, results)
+  _print_results(results)
+  ckpt.close()
+  return results
+
+
+def _check_finite(step: int, metrics: dict, ckpt) -> None:
+  if not bool(jax.device_get(metrics["finite"])):
+    loss = float(jax.device_get(metrics["loss"]))
+    ckpt.wait()
+    raise NonFiniteLossError(
+        f"non-finite loss ({loss}) or gradient at step {step}; stopping. The last good "
+        f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+
+
+def _write_config(workdir: str, config) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _progress(start: int, total: int):
+  if jax.process_index() != 0:
+    return None
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+              mininterval=1.0)
+
+
+def _print_results(results: dict) -> None:
+  if jax.process_index() == 0:
+    print(json.dumps({k: results[k] for k in sorted(results)}), flush=True)

@@ -1,0 +1,93 @@
+"""A tiny method (MLP classifier on an in-memory dataset) to test the platform on its own."""
+from __future__ import annotations
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxaffect import config_lib
+from jaxaffect.methods import base
+
+
+class ToyModel(nn.Module):
+  hidden: int = 32
+  classes: int = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    init = nn.initializers.lecun_normal()
+    x = nn.Dense(self.hidden, kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x)
+    return nn.Dense(self.classes,
+                    kernel_init=nn.with_logical_partitioning(init, ("mlp", "classes")))(x)
+
+
+class _Source:
+
+  def __init__(self, n, seed):
+    rng = np.random.default_rng(seed)
+    self.x = rng.standard_normal((n, 16)).astype(np.float32)
+    self.y = (self.x[:, :4].argmax(-1)).astype(np.int32)
+
+  def __len__(self):
+    return len(self.y)
+
+  def __getitem__(self, i):
+    return {"x": self.x[i], "label": self.y[i]}
+
+
+class ToyMethod(base.Method):
+  state_collections = ("batch_stats",)
+
+  def build_model(self):
+    return ToyModel()
+
+  def example_batch(self, b):
+    return {"x": np.zeros((b, 16), np.float32), "label": np.zeros((b,), np.int32)}
+
+  def model_inputs(self, batch):
+    return {"x": batch["x"]}
+
+  def loss(self, params, model_state, batch, rng):
+    logits, st = self.model.apply({"params": params, **model_state}, batch["x"], train=True,
+                                  mutable=["batch_stats"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, ({}, dict(st))
+
+  def predict(self, params, model_state, batch):
+    return {"logits": self.model.apply({"params": params, **model_state}, batch["x"])}
+
+  def eval_metrics(self, outputs, labels):
+    return {"top1": float((outputs["logits"].argmax(-1) == labels["label"]).mean())}
+
+  def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    ds = (grain.MapDataset.source(_Source(256, 0)).seed(seed).shuffle().repeat(None)
+          .batch(global_batch_size // process_count, drop_remainder=True)
+          [process_index::process_count])
+    return iter(ds.to_iter_dataset())
+
+  def eval_batches(self, *, global_batch_size, process_index, process_count):
+    src = _Source(40, 1)
+    per = global_batch_size // process_count
+    for start in range(0, len(src), global_batch_size):
+      idx = np.arange(start, start + global_batch_size)
+      mask = idx < len(src)
+      idx = np.where(mask, idx, 0)[process_index * per:(process_index + 1) * per]
+      yield {"x": src.x[idx], "label": src.y[idx],
+             "_mask": mask[process_index * per:(process_index + 1) * per]}
+
+
+def toy_config(**mesh) -> ml_collections.ConfigDict:
+  c = config_lib.base_config()
+  c.method = "toy"
+  c.total_steps = 5
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.mesh.update(mesh or dict(data=-1, fsdp=1, tensor=1))
+  c.optimizer.learning_rate = 1e-2
+  return c
