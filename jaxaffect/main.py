@@ -4,7 +4,7 @@ Modes: train (default; resumes from DIR), eval, summary, benchmark.
 """
 from __future__ import annotations
 
-import logging
+from absl import logging
 import os
 import sys
 

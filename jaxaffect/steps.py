@@ -140,7 +140,7 @@ def build(config, method, mesh) -> Setup:
       metrics = jax.tree.map(lambda m: m * inv, metrics)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    grad_norm = optax.global_norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g),
+    grad_norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g),
                                                grads, mask))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step leaves the state untouched; the host stops the run and names the step.

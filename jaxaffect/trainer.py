@@ -175,6 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if pbar is not None:
           pbar.update(1)
         if ckpt.should_save(step) or step == total:
+          _check_finite(*pending, ckpt)  # never checkpoint a non-finite step
           ckpt.save(step, state, train_iter, meta)
         if eval_every and step % eval_every == 0 and step != total:
           writer.write(step, {f"eval/{k}": v for k, v in evaluate(s, config, state).items()})

@@ -1,5 +1,5 @@
 """Method registry: `config.method` names a module `jaxaffect.methods.<name>` exporting `Method`,
-or a class registered with `register` (plug-ins and tests)."""
+a class registered with `register`, or "module:Class" (plug-ins and tests)."""
 import importlib
 
 KNOWN = ("vaanet",)
@@ -14,6 +14,9 @@ def get_method(config):
   name = config.method
   if name in _REGISTERED:
     return _REGISTERED[name](config)
+  if ":" in name:  # "some.module:ClassName" for methods that live outside the package
+    module_name, _, cls = name.partition(":")
+    return getattr(importlib.import_module(module_name), cls)(config)
   try:
     module = importlib.import_module(f"jaxaffect.methods.{name}")
   except ModuleNotFoundError as e:

@@ -1,0 +1,135 @@
+"""Platform tests on the toy method: sharding equivalence, checkpoint round trip, resume, guards."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import toy_method
+from jaxaffect import checkpointing
+from jaxaffect import methods
+from jaxaffect import sharding as shd
+from jaxaffect import steps
+from jaxaffect import trainer
+
+methods.register("toy", toy_method.ToyMethod)
+
+
+def _losses(mesh_cfg, devices, n=5, accum=1):
+  c = toy_method.toy_config(**mesh_cfg)
+  c.grad_accum_steps = accum
+  m = toy_method.ToyMethod(c)
+  s = steps.build(c, m, shd.make_mesh(c.mesh, devices))
+  it = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
+  out = []
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    for _ in range(n):
+      batch = steps.make_global_batch(next(it), s.batch_sharding)
+      state, met = s.train_step(state, batch, jax.random.key(0))
+      out.append(float(met["loss"]))
+  return np.array(out), state, s
+
+
+def test_mesh_shape_fill_and_errors():
+  assert shd.mesh_shape(dict(data=-1, fsdp=2, tensor=1), 8) == (4, 2, 1)
+  assert shd.mesh_shape(dict(data=2, fsdp=2, tensor=2), 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match="at most one"):
+    shd.mesh_shape(dict(data=-1, fsdp=-1, tensor=1), 8)
+  with pytest.raises(ValueError, match="needs 4 devices"):
+    shd.mesh_shape(dict(data=2, fsdp=2, tensor=1), 8)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=4, tensor=2)])
+def test_sharded_step_equals_single_device(mesh):
+  ref, _, _ = _losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  got, state, _ = _losses(mesh, jax.devices())
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  assert ref[-1] < ref[0]
+  kernel = state["params"]["Dense_0"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  # Adam moments follow their parameter's sharding.
+  mu = jax.tree.leaves(state["opt_state"], is_leaf=lambda x: hasattr(x, "mu"))
+  mus = [l.mu for l in mu if hasattr(l, "mu")]
+  assert mus and mus[0]["Dense_0"]["kernel"].sharding.spec == kernel.sharding.spec
+
+
+def test_grad_accumulation_matches_full_batch():
+  # BatchNorm makes microbatches differ from the full batch, so compare a step on a BN-free view:
+  # the loss reported with accumulation is the mean of the microbatch losses.
+  full, _, _ = _losses(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1], n=1)
+  acc, _, _ = _losses(dict(data=2, fsdp=1, tensor=1), jax.devices()[:2], n=1, accum=2)
+  assert np.isfinite(acc).all() and abs(acc[0] - full[0]) < 0.2
+
+
+def test_checkpoint_round_trip_bit_exact_and_next_batch(tmp_path):
+  c = toy_method.toy_config(data=2, fsdp=2, tensor=2)
+  m = toy_method.ToyMethod(c)
+  s = steps.build(c, m, shd.make_mesh(c.mesh))
+  it = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
+  ck = checkpointing.Checkpointer(str(tmp_path / "ck"), every_steps=1, keep=2)
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    for _ in range(3):
+      state, _ = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
+                              jax.random.key(0))
+    ck.save(3, state, it, {"note": "x"})
+    ck.wait()
+    expected_next = next(it)
+    saved = jax.device_get(state)
+    it2 = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
+    restored = ck.restore(3, s.abstract_state, it2)
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_array_equal(a, b)
+  got_next = next(it2)
+  for k in expected_next:
+    np.testing.assert_array_equal(expected_next[k], got_next[k])
+  assert restored["params"]["Dense_0"]["kernel"].sharding == \
+      s.state_sharding["params"]["Dense_0"]["kernel"]
+  ck.close()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+  c = toy_method.toy_config(data=2, fsdp=2, tensor=2)
+  c.method = "toy"
+  c.total_steps, c.checkpoint.every_steps, c.log_every_steps = 8, 4, 1
+  full = trainer.train_and_evaluate(c, str(tmp_path / "a"))
+  c2 = c.copy_and_resolve_references()
+  c2.total_steps = 4
+  trainer.train_and_evaluate(c2, str(tmp_path / "b"))
+  os.remove(tmp_path / "b" / "results.json")
+  resumed = trainer.train_and_evaluate(c, str(tmp_path / "b"))
+  assert resumed == full
+  read = lambda d: [(r["step"], r["train/loss"]) for r in map(json.loads, open(d / "metrics.jsonl"))
+                    if "train/loss" in r]
+  assert read(tmp_path / "a") == read(tmp_path / "b")
+
+
+def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
+  c = toy_method.toy_config()
+  c.method = "toy"
+  c.total_steps, c.checkpoint.every_steps, c.log_every_steps = 10, 1, 5
+  c.optimizer.learning_rate = 1e30  # diverges within a few steps
+  with pytest.raises(trainer.NonFiniteLossError, match=r"at step (\d+)") as e:
+    trainer.train_and_evaluate(c, str(tmp_path))
+  bad = int(str(e.value).split("at step ")[1].split(";")[0])
+  ck = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every_steps=1, keep=3)
+  assert bad >= 2 and ck.latest_step() == bad - 1
+  ck.close()
+
+
+def test_optimizer_freezes_params_matching_patterns():
+  c = toy_method.toy_config()
+  c.frozen_params = ("Dense_0/.*",)
+  m = toy_method.ToyMethod(c)
+  s = steps.build(c, m, shd.make_mesh(c.mesh, jax.devices()[:1]))
+  it = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    before = jax.device_get(state["params"])
+    state, _ = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
+                            jax.random.key(0))
+    after = jax.device_get(state["params"])
+  np.testing.assert_array_equal(before["Dense_0"]["kernel"], after["Dense_0"]["kernel"])
+  assert not np.array_equal(before["Dense_1"]["kernel"], after["Dense_1"]["kernel"])
