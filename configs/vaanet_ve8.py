@@ -46,7 +46,7 @@ def get_config(arg=None):
   d.class_names = VE8_CLASSES
   d.polarity = VE8_POLARITY
   d.eval_split = "test"
-  d.synthetic = dict(seed=0, num_train_per_class=40, num_test_per_class=10)
+  d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20)
   # Offline extraction (one folder per setting): frames at native fps, short side 128 (the
   # crop is a min(H, W) square resized to 112, as the original's 5-crop), MFCC as the original.
   d.extraction = dict(fps=0.0, frame_short_side=128, max_frames=4096, audio_sr=44100, n_mfcc=32,
@@ -58,6 +58,7 @@ def get_config(arg=None):
   d.audio_frames_per_segment = 256   # 16 x 256 = 4096 MFCC frames, tiled or cut
   d.flip_prob = 0.5
   d.legacy_random_eval = False
+  d.legacy_start_off_by_one = True  # the code never draws the last valid snippet start
   d.worker_count = 0
 
   m = c.model
@@ -84,7 +85,7 @@ def get_config(arg=None):
     d.num_segments, d.snippet_len, d.crop_size = 4, 4, 64
     d.audio_segments, d.audio_frames_per_segment = 4, 32
     c.frozen_params = ()
-    c.total_steps = 300
+    c.total_steps = 400
     c.optimizer.learning_rate = 1e-3
     c.checkpoint.every_steps = 100
     c.eval_every_steps = 100

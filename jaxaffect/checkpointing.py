@@ -17,6 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+log = logging.getLogger(__name__)
+
 
 def _abs(path: str) -> str:
   return str(epath.Path(path).expanduser().resolve()) if "://" not in path else path
@@ -115,7 +117,7 @@ def save_params(path: str, params: Any) -> None:
   handler = ocp.StandardCheckpointer()
   handler.save(_abs(path), params, force=True)
   handler.wait_until_finished()
-  logging.info("wrote params checkpoint %s", path)
+  log.info("wrote params checkpoint %s", path)
 
 
 def is_primary() -> bool:

@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Logical axis -> mesh axes (None = replicated). See jaxaffect/sharding.py for the vocabulary.
   c.sharding_rules = [
       ("act_batch", ("data", "fsdp")), ("act_len", None), ("act_time", None),
-      ("act_emb", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+      ("act_emb", None), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
       ("kv", None), ("vocab", "tensor"), ("classes", None), ("conv_in", "fsdp"),
       ("conv_out", "tensor"), ("layers", None),
   ]

@@ -12,6 +12,8 @@ import os
 
 import jax
 
+log = logging.getLogger(__name__)
+
 
 def _env_int(name: str) -> int | None:
   v = os.environ.get(name)
@@ -34,7 +36,7 @@ def maybe_initialize(mode: str = "auto", coordinator: str | None = None,
     if not (on_slurm or on_tpu_pod or on_mpi):
       return False
   if explicit:
-    logging.info("jax.distributed: process %d of %d, coordinator %s", process_id, num_processes,
+    log.info("jax.distributed: process %d of %d, coordinator %s", process_id, num_processes,
                  coordinator)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from absl import logging
 import os
+import logging as std_logging
 import sys
 
 from absl import app
@@ -36,8 +37,12 @@ def _run(argv) -> int:
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
-  if jax.process_index() != 0:
+  # Libraries (orbax, grain, tfds) log through absl at INFO; keep the console for our own
+  # messages (stdlib logging) unless the user asked for --verbosity.
+  if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger("jaxaffect").setLevel(
+        std_logging.INFO if jax.process_index() == 0 else std_logging.WARNING)
   mode = _MODE.value
   if mode == "summary":
     from jaxaffect import summary

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes over which the batch dimension is split.
 BATCH_AXES = ("data", "fsdp")
@@ -23,7 +25,11 @@ DEFAULT_RULES = (
     ("act_batch", ("data", "fsdp")),
     ("act_len", None),
     ("act_time", None),
-    ("act_emb", "tensor"),
+    # Residual-stream activations stay replicated over "tensor" (the Megatron layout). Mapping
+    # act_emb to "tensor" while weights put "embed" on "fsdp" gives WRONG results on XLA:CPU
+    # (jax 0.10.2 and 0.12.0.1; repro: x sharded on E by tensor, x @ W with W sharded (tensor,
+    # None, fsdp), then a residual add).
+    ("act_emb", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -130,4 +136,4 @@ def log_param_shardings(params_sharding, params_abstract, limit: int = 12) -> No
   shard_leaves = jax.tree.leaves(params_sharding)
   rows = sorted(zip(leaves, shard_leaves), key=lambda r: -int(np.prod(r[0][1].shape)))[:limit]
   for (path, x), s in rows:
-    logging.info("param %s %s -> %s", jax.tree_util.keystr(path), tuple(x.shape), s.spec)
+    log.info("param %s %s -> %s", jax.tree_util.keystr(path), tuple(x.shape), s.spec)

@@ -199,4 +199,6 @@ def _box_like_params(opt_state, boxed_params):
 
 
 def make_global_batch(local_batch: dict, sharding) -> dict:
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+  """Per-process numpy batch -> global jax.Arrays; host-only fields (strings) are dropped."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()
+          if getattr(v, "dtype", None) is not None and v.dtype.kind in "biuf"}

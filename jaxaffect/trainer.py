@@ -24,6 +24,8 @@ from jaxaffect import methods
 from jaxaffect import sharding as shd
 from jaxaffect import steps as steps_lib
 
+log = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(RuntimeError):
   pass
@@ -84,14 +86,14 @@ def initial_state(s: steps_lib.Setup, config, ckpt: checkpointing.Checkpointer |
   latest = ckpt.latest_step() if ckpt is not None else None
   with s.context():
     if latest is not None:
-      logging.info("resuming from %s step %d", ckpt.directory, latest)
+      log.info("resuming from %s step %d", ckpt.directory, latest)
       state = ckpt.restore(latest, s.abstract_state, train_iter)
       return state, int(latest)
     state = s.init_fn(jax.random.key(int(config.seed)))
     if config.get("init_from", ""):
       params = checkpointing.restore_params(config.init_from, s.abstract_state["params"])
       state = dict(state, params=params)
-      logging.info("initialised params from %s", config.init_from)
+      log.info("initialised params from %s", config.init_from)
   return state, 0
 
 
@@ -129,7 +131,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   if latest is not None and latest >= total and os.path.exists(results_path):
     with open(results_path) as f:
       results = json.load(f)
-    logging.info("workdir %s already holds the final checkpoint (step %d) and results",
+    log.info("workdir %s already holds the final checkpoint (step %d) and results",
                  workdir, latest)
     _print_results(results)
     ckpt.close()
@@ -180,7 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if eval_every and step % eval_every == 0 and step != total:
           writer.write(step, {f"eval/{k}": v for k, v in evaluate(s, config, state).items()})
         if preempt.reached(step):
-          logging.warning("preemption requested at step %d: saving and exiting", step)
+          log.warning("preemption requested at step %d: saving and exiting", step)
           if ckpt.latest_step() != step:
             ckpt.save(step, state, train_iter, meta, force=True)
           ckpt.close()
@@ -245,4 +247,6 @@ def _progress(start: int, total: int):
 
 def _print_results(results: dict) -> None:
   if jax.process_index() == 0:
-    print(json.dumps({k: results[k] for k in sorted(results)}), flush=True)
+    scalars = {k: v for k, v in sorted(results.items()) if isinstance(v, (int, float))
+               and "/accuracy/" not in k}
+    print("results: " + json.dumps(scalars), flush=True)

@@ -91,3 +91,48 @@ def toy_config(**mesh) -> ml_collections.ConfigDict:
   c.mesh.update(mesh or dict(data=-1, fsdp=1, tensor=1))
   c.optimizer.learning_rate = 1e-2
   return c
+
+
+class _SeqSource:
+
+  def __init__(self, n, seed):
+    rng = np.random.default_rng(seed)
+    self.x = rng.standard_normal((n, 8, 64)).astype(np.float32)
+    self.y = (self.x[:, :, :4].sum(1).argmax(-1)).astype(np.int32)
+
+  def __len__(self):
+    return len(self.y)
+
+  def __getitem__(self, i):
+    return {"x": self.x[i], "label": self.y[i]}
+
+
+class TinyTransformer(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    from jaxaffect.models.transformer import TransformerBlock
+    x = TransformerBlock(num_heads=8, head_dim=16, mlp_dim=256)(x, train=train)
+    x = TransformerBlock(num_heads=8, head_dim=16, mlp_dim=256)(x, train=train)
+    return nn.Dense(4, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), ("embed", "classes")))(x.mean(1))
+
+
+class TransformerMethod(ToyMethod):
+  state_collections = ()
+
+  def build_model(self):
+    return TinyTransformer()
+
+  def example_batch(self, b):
+    return {"x": np.zeros((b, 8, 64), np.float32), "label": np.zeros((b,), np.int32)}
+
+  def loss(self, params, model_state, batch, rng):
+    logits = self.model.apply({"params": params}, batch["x"], train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), ({}, {})
+
+  def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    ds = (grain.MapDataset.source(_SeqSource(256, 0)).seed(seed).shuffle().repeat(None)
+          .batch(global_batch_size // process_count, drop_remainder=True)
+          [process_index::process_count])
+    return iter(ds.to_iter_dataset())

@@ -11,6 +11,8 @@ import os
 
 from jaxaffect.errors import UserError
 
+log = logging.getLogger(__name__)
+
 SYNTHETIC = ("synthetic_ve8",)
 REAL = ("ve8",)
 
@@ -31,7 +33,8 @@ def raw_dir(ds) -> str:
 
 
 def tfds_dir(ds) -> str:
-  return os.path.join(_expand(ds.data_dir), "tfds")
+  """Extracted shards of one raw folder (the builder's config name adds the settings)."""
+  return os.path.join(_expand(ds.data_dir), "tfds", os.path.basename(raw_dir(ds).rstrip("/")))
 
 
 def extraction_kwargs(ds) -> dict:
@@ -73,5 +76,5 @@ def video_emotion_source(ds, split: str):
     raise UserError(f"dataset: data directory {data} does not exist; run the extraction first "
                     "(or enable dataset.auto_prepare for synthetic data)")
   builder = video_emotion.build_video_emotion(raw, data, extraction_kwargs(ds), build=False)
-  logging.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
+  log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
   return builder.as_data_source(split=split)

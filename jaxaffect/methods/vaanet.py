@@ -7,6 +7,8 @@ accuracy, confusion matrix. Data: VE-8-style datasets through the video_emotion 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ import optax
 
 from jaxaffect.data import pipeline
 from jaxaffect.data import sources
+from jaxaffect.data import video_transforms
 from jaxaffect.evaluation import classification
 from jaxaffect.methods import base
 from jaxaffect.models import vaanet as vaanet_model
@@ -85,11 +88,16 @@ class Method(base.Method):
   def prepare_data(self):
     sources.prepare_video_emotion(self.config.dataset)
 
+  def transform_config(self) -> video_transforms.TransformConfig:
+    ds = self.config.dataset
+    names = {f.name for f in dataclasses.fields(video_transforms.TransformConfig)}
+    return video_transforms.TransformConfig.create({k: ds[k] for k in names if k in ds})
+
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
     ds = self.config.dataset
     src = sources.video_emotion_source(ds, "train")
     dataset = pipeline.train_dataset(
-        src, transform_cfg=ds, seed=seed, global_batch_size=global_batch_size,
+        src, transform_cfg=self.transform_config(), seed=seed, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count,
         worker_count=int(ds.get("worker_count", 0)))
     return iter(dataset)
@@ -97,5 +105,5 @@ class Method(base.Method):
   def eval_batches(self, *, global_batch_size, process_index, process_count):
     ds = self.config.dataset
     src = sources.video_emotion_source(ds, ds.get("eval_split", "test"))
-    return pipeline.eval_batches(src, transform_cfg=ds, global_batch_size=global_batch_size,
+    return pipeline.eval_batches(src, transform_cfg=self.transform_config(), global_batch_size=global_batch_size,
                                  process_index=process_index, process_count=process_count)

@@ -1,0 +1,233 @@
+"""The synthetic affect world: short clips whose emotion class needs both vision and sound.
+
+Class c = 2 * visual_group + audio_cue (c indexes VE8_CLASSES):
+
+  visual group (a moving object; hue family, shape and motion all agree):
+    0 red disc moving left-right      1 green square moving up-down
+    2 cyan diamond circling           3 purple cross pulsing in size in place
+  audio cue (a tone):
+    0 low (150-350 Hz) steady tone with harmonics
+    1 high (1.2-2.4 kHz) tone pulsed on/off at 3-6 Hz
+
+Nuisances are drawn per clip independently of the class: background tint, gradient and noise,
+object position, size, speed, phase, hue jitter, brightness, loudness, audio noise, onset
+delay and duration. A vision-only model can reach about 50% (group known, cue guessed), an
+audio-only model about 25%, a constant one 12.5%.
+
+`render_clip` is the building block later generators (untrimmed clips with emotional segments,
+subtitled clips) can reuse; `generate_ve8_style` writes a VE-8-style dataset (contracts.md).
+"""
+from __future__ import annotations
+
+import colorsys
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from data_pipelines.synthetic import common
+
+NUM_GROUPS = 4
+NUM_CUES = 2
+GROUP_HUES = (0.0, 0.33, 0.5, 0.78)  # red, green, cyan, purple
+GROUP_SHAPES = ("disc", "square", "diamond", "cross")
+GROUP_MOTIONS = ("horizontal", "vertical", "circle", "pulse")
+GENERATOR_VERSION = 1
+
+
+def class_index(group: int, cue: int) -> int:
+  return NUM_CUES * group + cue
+
+
+def class_factors(label: int) -> tuple[int, int]:
+  """(visual group, audio cue) of a 0-based class index."""
+  return divmod(int(label), NUM_CUES)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSpec:
+  """Format of generated clips (not nuisances)."""
+  size: int = 64
+  fps: int = 10
+  sr: int = 16000
+  min_duration: float = 2.0
+  max_duration: float = 3.0
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+  if shape == "disc":
+    return dx * dx + dy * dy <= r * r
+  if shape == "square":
+    return np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * r
+  if shape == "diamond":
+    return np.abs(dx) + np.abs(dy) <= 1.2 * r
+  if shape == "cross":
+    ax, ay = np.abs(dx), np.abs(dy)
+    arm = 0.35 * r
+    return ((ax <= arm) & (ay <= r)) | ((ay <= arm) & (ax <= r))
+  raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_frames(
+    group: int, n_frames: int, spec: ClipSpec, rng: np.random.Generator
+) -> np.ndarray:
+  """uint8 [n_frames, size, size, 3]: one object of the group's family over a nuisance scene."""
+  s = spec.size
+  t = np.arange(n_frames, dtype=np.float32) / spec.fps
+  # Scene nuisances: a low-saturation background with a gradient, noise and global brightness.
+  base = rng.uniform(40, 190) + rng.uniform(-18, 18, size=3)
+  yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+  angle = rng.uniform(0, 2 * np.pi)
+  ramp = ((xx - s / 2) * np.cos(angle) + (yy - s / 2) * np.sin(angle)) / s
+  bg = base[None, None, :] + rng.uniform(0, 50) * ramp[..., None]
+  noise_sigma = rng.uniform(0, 10)
+  brightness = rng.uniform(0.6, 1.0)
+  # Object nuisances.
+  hue = (GROUP_HUES[group] + rng.uniform(-0.04, 0.04)) % 1.0
+  color = 255 * np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0)))
+  radius = rng.uniform(0.10, 0.18) * s
+  amp = rng.uniform(0.15, 0.28) * s
+  cx, cy = rng.uniform(0.38, 0.62, size=2) * s
+  freq = rng.uniform(0.35, 0.9)  # Hz
+  phase = rng.uniform(0, 2 * np.pi)
+  direction = rng.choice([-1.0, 1.0])
+  w = 2 * np.pi * freq * t * direction + phase
+  r_t = np.full_like(t, radius)
+  motion = GROUP_MOTIONS[group]
+  if motion == "horizontal":
+    px, py = cx + amp * np.sin(w), np.full_like(t, cy)
+  elif motion == "vertical":
+    px, py = np.full_like(t, cx), cy + amp * np.sin(w)
+  elif motion == "circle":
+    px, py = cx + amp * np.cos(w), cy + amp * np.sin(w)
+  else:  # pulse: stays put (with a slow drift) and grows / shrinks.
+    drift = rng.uniform(-0.05, 0.05, size=2) * s
+    px, py = cx + drift[0] * t, cy + drift[1] * t
+    r_t = radius * (1.0 + 0.45 * np.sin(w)) + 0.15 * radius
+  dx = xx[None] - px[:, None, None]
+  dy = yy[None] - py[:, None, None]
+  mask = _shape_mask(GROUP_SHAPES[group], dx, dy, r_t[:, None, None])
+  frames = np.where(mask[..., None], color[None, None, None, :], bg[None])
+  frames = frames + rng.normal(0, noise_sigma, size=frames.shape)
+  return np.clip(frames * brightness, 0, 255).round().astype(np.uint8)
+
+
+def render_audio(cue: int, n_samples: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
+  """float32 [n_samples] mono waveform in [-1, 1] carrying the audio cue plus nuisances."""
+  sr = spec.sr
+  t = np.arange(n_samples, dtype=np.float64) / sr
+  if cue == 0:
+    f0 = rng.uniform(150, 350)
+    tone = (np.sin(2 * np.pi * f0 * t) + 0.5 * np.sin(4 * np.pi * f0 * t + rng.uniform(0, 6.3))
+            + 0.25 * np.sin(6 * np.pi * f0 * t + rng.uniform(0, 6.3)))
+    env = 1.0 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.2, 0.8) * t + rng.uniform(0, 6.3))
+  else:
+    f0 = rng.uniform(1200, 2400)
+    tone = np.sin(2 * np.pi * f0 * t) + 0.3 * np.sin(4 * np.pi * f0 * t + rng.uniform(0, 6.3))
+    rate, duty = rng.uniform(3, 6), rng.uniform(0.35, 0.6)
+    gate = ((t * rate + rng.uniform(0, 1)) % 1.0) < duty
+    ramp = max(1, int(0.005 * sr))  # 5 ms ramps avoid clicks that smear the spectrum.
+    env = np.convolve(gate.astype(np.float64), np.ones(ramp) / ramp, mode="same")
+  onset = int(rng.uniform(0, 0.25) * sr)
+  env[:onset] = 0.0
+  fade = max(1, int(0.02 * sr))
+  env[onset:onset + fade] *= np.linspace(0, 1, min(fade, max(0, n_samples - onset)))
+  wave = tone * env / 1.75
+  gain = rng.uniform(0.15, 0.6)
+  noise = rng.normal(0, rng.uniform(0.02, 0.25), size=n_samples)
+  return np.clip(gain * (wave + noise), -1, 1).astype(np.float32)
+
+
+def render_clip(
+    label: int, spec: ClipSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+  """(frames uint8 [N, S, S, 3], audio float32 [N / fps * sr]) for one clip of class `label`."""
+  group, cue = class_factors(label)
+  duration = rng.uniform(spec.min_duration, spec.max_duration)
+  n_frames = max(1, int(round(duration * spec.fps)))
+  frames = render_frames(group, n_frames, spec, rng)
+  audio = render_audio(cue, int(round(n_frames / spec.fps * spec.sr)), spec, rng)
+  return frames, audio
+
+
+def _make_one(job: tuple) -> str:
+  path, seed, split, label, index, spec = job
+  rng = common.rng_for(seed, "ve8", split, label, index)
+  frames, audio = render_clip(label, spec, rng)
+  common.write_mp4(path, frames, spec.fps, audio, spec.sr)
+  return path
+
+
+def _run_jobs(jobs: Sequence[tuple], num_workers: int) -> None:
+  if num_workers <= 1 or len(jobs) < 8:
+    for job in jobs:
+      _make_one(job)
+    return
+  # spawn: safe whatever the parent imported (JAX, threads); each worker only needs av+numpy.
+  ctx = multiprocessing.get_context("spawn")
+  with cf.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+    for _ in pool.map(_make_one, jobs, chunksize=4):
+      pass
+
+
+def generate_ve8_style(
+    out_dir,
+    *,
+    seed: int = 0,
+    num_train_per_class: int = 40,
+    num_test_per_class: int = 10,
+    size: int = 64,
+    fps: int = 10,
+    sr: int = 16000,
+    min_duration: float = 2.0,
+    max_duration: float = 3.0,
+    num_workers: int | None = None,
+    verbose: bool = True,
+) -> str:
+  """Writes a VE-8-style dataset (mp4 + classInd.txt + splits/*01.txt) into `out_dir`.
+
+  Deterministic in `seed` (byte-identical mp4s). Idempotent: a `DONE` marker with the
+  parameters makes a repeated call a no-op; other parameters into a used directory raise.
+  Files are named "<split>_<i>.mp4" in every class folder, so basenames repeat across classes
+  (as in real VE-8) and keys must include the class. `num_workers` (default: usable CPUs, at
+  most 8) > 1 renders in spawned processes, so call it from a `__main__`-guarded script.
+  Returns `out_dir`.
+  """
+  spec = ClipSpec(size=size, fps=fps, sr=sr, min_duration=min_duration, max_duration=max_duration)
+  if size % 2:
+    raise ValueError(f"size must be even (yuv420p), got {size}")
+  if not 0 < min_duration <= max_duration:
+    raise ValueError(f"need 0 < min_duration <= max_duration, got {min_duration}, {max_duration}")
+  params = dict(
+      generator="ve8_style", version=GENERATOR_VERSION, seed=int(seed),
+      num_train_per_class=int(num_train_per_class), num_test_per_class=int(num_test_per_class),
+      **dataclasses.asdict(spec),
+  )
+  out_dir = os.fspath(out_dir)
+  if common.begin_output(out_dir, params):
+    if verbose:
+      print(f"{out_dir}: already generated with these parameters; nothing to do.")
+    return out_dir
+  start = time.time()
+  jobs, train, test = [], [], []
+  for label, name in enumerate(common.VE8_CLASSES):
+    os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+    for split, count, listing in (("train", num_train_per_class, train),
+                                  ("test", num_test_per_class, test)):
+      for i in range(count):
+        key = f"{name}/{split}_{i:04d}"
+        listing.append((key, label))
+        jobs.append((os.path.join(out_dir, key + ".mp4"), int(seed), split, label, i, spec))
+  if num_workers is None:
+    num_workers = min(len(os.sched_getaffinity(0)), 8)
+  _run_jobs(jobs, num_workers)
+  common.write_ve8_annotations(out_dir, common.VE8_CLASSES, train, test, split=1)
+  common.finish_output(out_dir, params)
+  if verbose:
+    print(f"{out_dir}: wrote {len(jobs)} clips ({len(train)} train, {len(test)} test) "
+          f"in {time.time() - start:.1f} s")
+  return out_dir

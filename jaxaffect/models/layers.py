@@ -1,0 +1,225 @@
+"""Shared Linen layers: a backend-aware 3D convolution, PyTorch-faithful BatchNorm, inits.
+
+Parameter layout follows Flax conventions so converters map PyTorch tensors by a transpose:
+conv kernels are [*spatial, in, out] ("kernel"), dense kernels [in, out] ("kernel"), BatchNorm
+has params "scale"/"bias" and batch_stats "mean"/"var". Large kernels carry logical axis names
+(`nn.with_logical_partitioning`) so the trainer's rules can shard them; biases and BatchNorm
+vectors stay unannotated (replicated, they are tiny).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Callable, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+ConvImpl = Literal["native", "taps", "taps_fold", "auto"]
+CONV_IMPLS = ("native", "taps", "taps_fold", "auto")
+
+# PyTorch's kaiming_normal_(mode="fan_out") as used by Hara's 3D ResNets, torchvision ResNets and
+# VAANet's attention convs: std = sqrt(2 / fan_out).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default Linear/Conv weight init (kaiming_uniform_, a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> Initializer:
+  """PyTorch's default Linear/Conv bias init, U(+-1/sqrt(fan_in)); needs fan_in up front."""
+  bound = 1.0 / math.sqrt(max(fan_in, 1))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
+  if isinstance(v, int):
+    return (v, v, v)
+  v = tuple(int(i) for i in v)
+  if len(v) != 3:
+    raise ValueError(f"expected an int or 3 ints, got {v}")
+  return v  # type: ignore[return-value]
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """"auto" -> "taps" on the CPU backend (XLA:CPU 3D conv is slow), else "native"."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+  if impl == "auto":
+    return "taps" if jax.default_backend() == "cpu" else "native"
+  return impl
+
+
+def _conv2d(x: Array, k: Array, strides, padding) -> Array:
+  if k.shape[:2] == (1, 1) and tuple(padding) == (0, 0):
+    # Pointwise: a strided slice and a matmul beat XLA:CPU's 1x1 conv by 1.5-3x.
+    if tuple(strides) != (1, 1):
+      x = x[:, ::strides[0], ::strides[1]]
+    return jnp.einsum("nhwc,cd->nhwd", x, k[0, 0])
+  return lax.conv_general_dilated(
+      x, k, window_strides=strides, padding=[(p, p) for p in padding],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv3d(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[int],
+           impl: str = "auto") -> Array:
+  """3D convolution NDHWC x DHWIO with symmetric zero padding, computed per `impl`.
+
+  "native":    one lax.conv_general_dilated (best on GPU/TPU).
+  "taps":      sum over the kt temporal taps of 2D convs on time-strided slices; each tap only
+               convolves the output frames whose input frame is inside the clip, so temporal zero
+               padding costs nothing (it matters for short clips, e.g. T'=1 in late stages).
+  "taps_fold": the kt time-shifted slices concatenated along channels, one 2D conv with a
+               [kh, kw, kt*in, out] kernel (faster backward pass on CPU, more memory).
+  All three agree to float rounding (~1e-6 relative).
+  """
+  impl = resolve_conv_impl(impl)
+  st, sh, sw = strides
+  pt, ph, pw = padding
+  kt = kernel.shape[0]
+  if impl == "native":
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(st, sh, sw), padding=[(pt, pt), (ph, ph), (pw, pw)],
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  b, t, h, w, c = x.shape
+  t_out = (t + 2 * pt - kt) // st + 1
+  if t_out <= 0:
+    raise ValueError(f"temporal size {t} too small for kernel {kt} pad {pt} stride {st}")
+  if impl == "taps_fold":
+    xp = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0))) if pt else x
+    slices = [lax.slice_in_dim(xp, i, i + st * (t_out - 1) + 1, st, axis=1) for i in range(kt)]
+    xf = slices[0] if kt == 1 else jnp.concatenate(slices, axis=-1)
+    xf = xf.reshape(b * t_out, h, w, kt * c)
+    kh, kw = kernel.shape[1:3]
+    kf = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c, -1)
+    y = _conv2d(xf, kf, (sh, sw), (ph, pw))
+    return y.reshape(b, t_out, *y.shape[1:])
+  # "taps": output frame o reads input frame o*st - pt + i through tap i.
+  out = None
+  for i in range(kt):
+    lo = max(0, -((i - pt) // st))            # ceil((pt - i) / st), clamped at 0
+    hi = min(t_out - 1, (t - 1 + pt - i) // st)
+    if hi < lo:
+      continue  # this tap only ever sees padding
+    n = hi - lo + 1
+    start = lo * st - pt + i
+    xi = lax.slice_in_dim(x, start, start + st * (n - 1) + 1, st, axis=1)
+    yi = _conv2d(xi.reshape(b * n, h, w, c), kernel[i], (sh, sw), (ph, pw))
+    yi = yi.reshape(b, n, *yi.shape[1:])
+    if n != t_out:
+      yi = jnp.pad(yi, ((0, 0), (lo, t_out - 1 - hi), (0, 0), (0, 0), (0, 0)))
+    out = yi if out is None else out + yi
+  assert out is not None  # the centre tap always sees the clip when t_out > 0
+  return out
+
+
+class Conv3D(nn.Module):
+  """3D convolution with nn.Conv's param layout (kernel [kt, kh, kw, in, out]) and PyTorch-style
+  explicit symmetric padding; `impl` picks how XLA computes it (see `conv3d`)."""
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence[int] = 0
+  use_bias: bool = False
+  impl: str = "auto"
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = kaiming_normal_fan_out
+  bias_init: Initializer = nn.initializers.zeros_init()
+  # Stems take 1-3 input channels: name conv_in None there so no rule tries to split it.
+  kernel_axes: tuple[str | None, ...] = (None, None, None, "conv_in", "conv_out")
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    ks = _triple(self.kernel_size)
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+        (*ks, x.shape[-1], self.features), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv3d(x, kernel, _triple(self.strides), _triple(self.padding), self.impl)
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+def conv2d(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1),
+           padding: Sequence[int] = (0, 0), *, use_bias: bool = False, dtype: Dtype | None = None,
+           kernel_init: Initializer = kaiming_normal_fan_out,
+           kernel_axes: tuple[str | None, ...] = (None, None, "conv_in", "conv_out"),
+           name: str | None = None) -> nn.Conv:
+  """nn.Conv with PyTorch-style symmetric padding and logical axes on the kernel."""
+  return nn.Conv(
+      features, tuple(kernel_size), strides=tuple(strides),
+      padding=[(p, p) for p in padding], use_bias=use_bias, dtype=dtype,
+      kernel_init=nn.with_logical_partitioning(kernel_init, kernel_axes),
+      name=name)
+
+
+def dense(features: int, *, axes: tuple[str | None, str | None] = ("embed", "mlp"),
+          use_bias: bool = True, dtype: Dtype | None = None,
+          kernel_init: Initializer = torch_default_kernel_init,
+          bias_init: Initializer | None = None, fan_in: int | None = None,
+          name: str | None = None) -> nn.Dense:
+  """nn.Dense with logical kernel axes and, by default, PyTorch's Linear init.
+
+  PyTorch's default bias init needs fan_in; pass it (or an explicit bias_init)."""
+  if bias_init is None:
+    bias_init = torch_default_bias_init(fan_in) if fan_in else nn.initializers.zeros_init()
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes), bias_init=bias_init,
+      name=name)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over all axes but the last, matching PyTorch's train/eval semantics.
+
+  Same variables as nn.BatchNorm (params scale/bias, batch_stats mean/var). Defaults follow
+  PyTorch: eps 1e-5, momentum 0.1 (= Flax momentum 0.9), and the running variance is updated
+  with the *unbiased* batch variance as PyTorch does (normalisation uses the biased one).
+  Statistics are computed in float32 whatever the compute dtype; the output is in `dtype`.
+  """
+  use_running_average: bool | None = None
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  unbiased_running_var: bool = True
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  scale_init: Initializer = nn.initializers.ones_init()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+    use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    feat = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((feat,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((feat,), jnp.float32))
+    scale = self.param("scale", self.scale_init, (feat,), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (feat,), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    if use_ra:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      # One fused pass (E[x^2] - E[x]^2) in float32; clamp the rounding below zero.
+      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        n = math.prod(x.shape[:-1])
+        upd_var = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+        ra_var.value = m * ra_var.value + (1.0 - m) * upd_var
+    mul = scale.astype(jnp.float32) * lax.rsqrt(var + self.epsilon)
+    y = (xf - mean) * mul + bias.astype(jnp.float32)
+    return y.astype(self.dtype if self.dtype is not None else x.dtype)

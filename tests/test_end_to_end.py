@@ -1,0 +1,137 @@
+"""The demo's smoke variant as a user runs it: sharded == single device, kill -9 and resume is
+bit-exact, two processes equal one, configs load."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxaffect import config_lib
+from jaxaffect import methods
+from jaxaffect import sharding as shd
+from jaxaffect import steps
+from jaxaffect import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = ("seed", "total_steps", "batch_size", "mesh.data", "mesh.fsdp", "mesh.tensor",
+            "optimizer", "schedule", "checkpoint.every_steps", "checkpoint.keep",
+            "log_every_steps", "eval_every_steps", "dataset.data_dir", "model")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _config(data_dir, name="demo.py", arg="smoke"):
+  c = config_lib.sibling_config(os.path.join(ROOT, "configs", "x.py"), name, arg)
+  c.dataset.data_dir = data_dir
+  return c
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_and_variant_loads_with_required_keys(path):
+  name = os.path.basename(path)
+  args = {"demo.py": [None, "smoke"],
+          "vaanet_ve8.py": [None, "smoke", "synthetic", "split=3", "synthetic,smoke"]}
+  for arg in args.get(name, [None, "smoke"]):
+    c = _config("/tmp/unused", name, arg)
+    for key in REQUIRED:
+      node = c
+      for part in key.split("."):
+        node = node[part]
+
+
+def _losses(config, devices, n=5):
+  method = methods.get_method(config)
+  if jax.process_index() == 0:
+    method.prepare_data()
+  s = steps.build(config, method, shd.make_mesh(config.mesh, devices))
+  it = method.train_iterator(seed=0, global_batch_size=config.batch_size, process_index=0,
+                             process_count=1)
+  out = []
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    for _ in range(n):
+      state, m = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
+                              jax.random.key(0))
+      out.append(float(m["loss"]))
+  return np.array(out)
+
+
+def test_demo_smoke_sharded_equals_single_device(data_dir):
+  c = _config(data_dir)
+  ref = _losses(c, jax.devices()[:1])
+  for mesh in (dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=4, tensor=2)):
+    c.mesh.update(mesh)
+    np.testing.assert_allclose(_losses(c, jax.devices()), ref, rtol=1e-5)
+
+
+def _env():
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  return env
+
+
+def _cmd(wd, data_dir, *extra):
+  return [sys.executable, "-m", "jaxaffect.main", "--config", "configs/demo.py:smoke",
+          "--workdir", str(wd), f"--config.dataset.data_dir={data_dir}", *extra]
+
+
+def _train_losses(wd):
+  return [(r["step"], r["train/loss"]) for r in map(json.loads, open(os.path.join(wd,
+          "metrics.jsonl"))) if "train/loss" in r]
+
+
+def test_kill9_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
+  extra = ["--config.total_steps=8", "--config.checkpoint.every_steps=2"]
+  full = tmp_path / "full"
+  subprocess.run(_cmd(full, data_dir, *extra), cwd=ROOT, env=_env(), check=True,
+                 capture_output=True, timeout=600)
+  wd = tmp_path / "killed"
+  p = subprocess.Popen(_cmd(wd, data_dir, *extra), cwd=ROOT, env=_env(),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  metrics = wd / "metrics.jsonl"
+  while time.time() < deadline:
+    if metrics.exists() and any(s >= 5 for s, _ in _train_losses(wd)):
+      break
+    time.sleep(0.05)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  assert not (wd / "results.json").exists(), "the run finished before it was killed"
+  subprocess.run(_cmd(wd, data_dir, *extra), cwd=ROOT, env=_env(), check=True,
+                 capture_output=True, timeout=600)
+  assert _train_losses(wd) == _train_losses(full)
+  assert json.load(open(wd / "results.json")) == json.load(open(full / "results.json"))
+
+
+def test_two_processes_equal_one_and_restore(tmp_path, data_dir):
+  extra = ["--config.total_steps=5", "--config.checkpoint.every_steps=5"]
+  one = tmp_path / "one"
+  subprocess.run(_cmd(one, data_dir, *extra), cwd=ROOT, env=_env(), check=True,
+                 capture_output=True, timeout=600)
+  two = tmp_path / "two"
+  env = dict(_env(), CPU_DEVICES_PER_PROCESS="2", PYTHON=sys.executable)
+  env.pop("XLA_FLAGS")
+  r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir, *extra)[3:]],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  a, b = _train_losses(one), _train_losses(two)
+  assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([l for _, l in b], [l for _, l in a], rtol=1e-5)
+  assert sorted(os.listdir(two / "checkpoints" / "5" / "data_iter")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  # Restore across the two processes and train on.
+  r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir,
+                      "--config.total_steps=7", "--config.checkpoint.every_steps=5")[3:]],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  steps_logged = [s for s, _ in _train_losses(two)]
+  assert steps_logged == [1, 2, 3, 4, 5, 6, 7]

@@ -1,0 +1,262 @@
+"""Model tests: conv implementations agree, ResNet/VAANet shapes and exact param counts, VAANet
+forward semantics (attention normalisation, frozen backbone, BN policies, ablations)."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxaffect.models import count_params
+from jaxaffect.models.layers import BatchNorm, Conv3D, conv3d, resolve_conv_impl
+from jaxaffect.models.resnet2d import ResNet2D
+from jaxaffect.models.resnet3d import ResNet3D
+from jaxaffect.models.transformer import TransformerBlock
+from jaxaffect.models.vaanet import VAANet, normalize_video
+
+# RngBitGenerator keys compile ~3x faster than threefry for the many param inits of a jitted
+# model.init on XLA:CPU (test speed only; values don't matter here).
+KEY = jax.random.key(0, impl="rbg")
+
+# (input [B,T,H,W,C], kernel [kt,kh,kw], out, strides, padding)
+CONV_CASES = [
+    ((2, 5, 9, 9, 3), (3, 3, 3), 4, (1, 1, 1), (1, 1, 1)),
+    ((2, 6, 10, 10, 4), (3, 3, 3), 5, (2, 2, 2), (1, 1, 1)),   # stride 2 everywhere
+    ((1, 4, 12, 12, 3), (7, 7, 7), 4, (1, 2, 2), (3, 3, 3)),   # stem; most taps see padding
+    ((2, 1, 6, 6, 4), (3, 3, 3), 3, (1, 1, 1), (1, 1, 1)),     # T=1: only the centre tap
+    ((2, 5, 8, 8, 4), (1, 1, 1), 6, (2, 2, 2), (0, 0, 0)),     # shortcut-B downsample
+    ((1, 7, 7, 9, 2), (2, 3, 1), 3, (3, 1, 2), (1, 0, 1)),     # uneven kernel/stride/pad
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv3d_impls_match_native_values_and_grads(case):
+  xs, ks, out, strides, pad = case
+  kx, kk, kc = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, xs)
+  k = jax.random.normal(kk, (*ks, xs[-1], out)) * 0.2
+  impls = ("native", "taps", "taps_fold")
+
+  @jax.jit
+  def run(x, k, cot):  # value and (dx, dk) per impl, one compile
+    res = {}
+    for impl in impls:
+      y, vjp = jax.vjp(lambda x, k, i=impl: conv3d(x, k, strides, pad, i), x, k)
+      res[impl] = (y, *vjp(cot))
+    return res
+
+  ref_shape = jax.eval_shape(lambda x, k: conv3d(x, k, strides, pad, "native"), x, k).shape
+  res = run(x, k, jax.random.normal(kc, ref_shape))
+  for impl in impls[1:]:
+    for got, ref in zip(res[impl], res["native"]):
+      assert got.shape == ref.shape
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5, err_msg=impl)
+
+
+def test_conv3d_module_layout_and_auto_impl():
+  assert resolve_conv_impl("auto") == ("taps" if jax.default_backend() == "cpu" else "native")
+  with pytest.raises(ValueError, match="conv impl"):
+    resolve_conv_impl("winograd")
+  m = Conv3D(8, (3, 3, 3), strides=(1, 2, 2), padding=1)
+  v = m.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 8, 8, 3)))
+  kernel = v["params"]["kernel"]
+  assert isinstance(kernel, nn.Partitioned)
+  assert kernel.names == (None, None, None, "conv_in", "conv_out")
+  assert kernel.value.shape == (3, 3, 3, 3, 8)
+  assert m.apply(v, jnp.zeros((1, 4, 8, 8, 3))).shape == (1, 4, 4, 4, 8)
+
+
+def test_batchnorm_matches_pytorch_semantics():
+  x = jax.random.normal(jax.random.PRNGKey(1), (6, 5, 3)) * 3.0 + 1.0
+  bn = BatchNorm()
+  v = bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  y, upd = bn.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+  xn = np.asarray(x).reshape(-1, 3)
+  n = xn.shape[0]
+  np.testing.assert_allclose(y.reshape(-1, 3), (xn - xn.mean(0)) / np.sqrt(xn.var(0) + 1e-5),
+                             rtol=1e-4, atol=1e-4)
+  # PyTorch: running = 0.9 * running + 0.1 * batch, running var from the unbiased variance.
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * xn.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 + 0.1 * xn.var(0) * n / (n - 1),
+                             rtol=1e-5)
+  y_eval = bn.apply({**v, **upd}, x, use_running_average=True)
+  rs = upd["batch_stats"]
+  np.testing.assert_allclose(y_eval, (x - rs["mean"]) / jnp.sqrt(rs["var"] + 1e-5), rtol=1e-4)
+
+
+def _eval_shape_init(model, *args, **kw):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kw))
+
+
+def test_resnet3d_layer4_shapes_and_param_count():
+  clip = jax.ShapeDtypeStruct((1, 16, 112, 112, 3), jnp.float32)
+  for depth, ch in ((101, 2048), (18, 512)):
+    m = ResNet3D(depth=depth, width=64)
+    v = _eval_shape_init(m, jnp.zeros(clip.shape), use_running_average=True)
+    out = jax.eval_shape(lambda v, x: m.apply(v, x, use_running_average=True), v, clip)
+    assert out.shape == (1, 1, 4, 4, ch)
+    if depth == 101:
+      assert count_params(v) == 85_245_120  # Hara's R3D-101 body (brief §2.7)
+  names = set(v["params"])
+  assert {"conv1", "bn1", "layer1_0", "layer2_1", "layer4_1"} <= names
+  assert "downsample_0" in v["params"]["layer2_0"] and "downsample_0" not in v["params"]["layer1_0"]
+
+
+def test_resnet2d_audio_shapes_and_pool_fallback():
+  m = ResNet2D()  # VAANet's audio ResNet-18
+  mfcc = jax.ShapeDtypeStruct((2, 256, 32, 1), jnp.float32)
+  v = _eval_shape_init(m, jnp.zeros(mfcc.shape), use_running_average=True)
+  assert v["params"]["conv1"]["kernel"].value.shape == (7, 1, 1, 64)
+  out = jax.eval_shape(lambda v, x: m.apply(v, x, use_running_average=True), v, mfcc)
+  assert out.shape == (2, 512)
+  # Window (8, 2) doesn't fit a small demo input: global mean instead.
+  small = ResNet2D(width=4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 16, 1))
+  vs = jax.jit(lambda x: small.init(KEY, x, use_running_average=True))(x)
+  assert small.apply(vs, x, use_running_average=True).shape == (2, 32)
+
+
+def test_vaanet_paper_config_param_counts():
+  model = VAANet(num_classes=8)  # paper defaults: R3D-101 w64, S=12, A=16
+  video = jnp.zeros((1, 12, 16, 112, 112, 3), jnp.uint8)
+  audio = jnp.zeros((1, 16, 256, 32), jnp.float32)
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), video, audio))
+  total = count_params(v)
+  trainable = total - count_params(v["params"]["visual_backbone"])
+  assert total == 97_869_012
+  assert trainable == 12_623_892
+  assert count_params(v["params"]["fc"]) == 4_104  # the unused visual fc
+  assert count_params(v["params"]["ta_net"]) == 670
+
+
+B, S, T, HW, A, F, M = 2, 3, 4, 64, 2, 32, 16
+TINY = dict(num_segments=S, audio_segments=A, visual_depth=10, visual_width=4, audio_width=4)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.integers(0, 256, (B, S, T, HW, HW, 3), dtype=np.uint8))
+  audio = jnp.asarray(rng.normal(size=(B, A, F, M)).astype(np.float32))
+  model = VAANet(**TINY)
+  variables = nn.unbox(jax.jit(model.init)(KEY, video, audio))
+  return model, variables, video, audio
+
+
+def test_vaanet_forward_shapes_and_attention_normalisation(tiny):
+  model, v, video, audio = tiny
+  hw, c = 4, 512  # 4x64x64 -> layer4 1x2x2
+  out_eval = jax.jit(lambda v: model.apply(v, video, audio, train=False))(v)
+  out_train, upd = jax.jit(lambda v: model.apply(v, video, audio, train=True,
+                                                 mutable=["batch_stats"]))(v)
+  for out in (out_eval, out_train):
+    assert out["logits"].shape == (B, 8) and out["logits"].dtype == jnp.float32
+    assert out["alpha"].shape == (B, S, hw) and out["beta"].shape == (B, S, c)
+    assert out["gamma"].shape == (B, S) and out["audio_gamma"].shape == (B, A)
+    np.testing.assert_allclose(out["alpha"].sum(-1), hw, rtol=1e-5)
+    np.testing.assert_allclose(out["beta"].sum(-1), c, rtol=1e-4)
+    assert (out["gamma"] >= 0).all() and (out["audio_gamma"] >= 0).all()
+    assert np.isfinite(out["logits"]).all()
+  # "batch_stats" policy: training updates the frozen backbone's running stats too.
+  old = v["batch_stats"]["visual_backbone"]["bn1"]["mean"]
+  assert not np.allclose(upd["batch_stats"]["visual_backbone"]["bn1"]["mean"], old)
+  # Temporal FC bias starts at 1.0 (brief §3.5); the audio one keeps PyTorch's default.
+  np.testing.assert_array_equal(v["params"]["ta_net"]["fc"]["bias"], np.ones(S))
+  assert np.abs(v["params"]["aa_net"]["fc"]["bias"]).max() <= 1 / np.sqrt(A)
+
+
+def test_vaanet_running_policy_freezes_backbone_stats(tiny):
+  _, v, video, audio = tiny
+  model = VAANet(**TINY, backbone_bn="running")
+  _, upd = jax.jit(lambda v: model.apply(v, video, audio, train=True,
+                                         mutable=["batch_stats"]))(v)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, upd["batch_stats"]["visual_backbone"],
+                         v["batch_stats"]["visual_backbone"])
+  assert not np.allclose(upd["batch_stats"]["conv0_1"]["mean"], v["batch_stats"]["conv0_1"]["mean"])
+
+
+def test_vaanet_gradient_skips_visual_backbone(tiny):
+  model, v, video, audio = tiny
+  # With A=2 and PyTorch's default bias init the audio attention ReLU can start dead (all
+  # zeros), which blocks the audio gradient; open it so the test sees every branch.
+  params = {**v["params"], "aa_net": {**v["params"]["aa_net"], "fc": {
+      **v["params"]["aa_net"]["fc"], "bias": jnp.ones((A,))}}}
+
+  def loss(p):
+    out, _ = model.apply({"params": p, "batch_stats": v["batch_stats"]}, video, audio,
+                         train=True, mutable=["batch_stats"])
+    return jnp.sum(out["logits"] ** 2)
+
+  g = jax.jit(jax.grad(loss))(params)
+  assert all(float(jnp.abs(x).max()) == 0.0
+             for x in jax.tree_util.tree_leaves(g["visual_backbone"]))
+  for name in ("conv0_0", "sa_net", "cwa_net", "ta_net", "audio_backbone", "a_fc_0", "av_fc"):
+    assert max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g[name])) > 0, name
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(g["fc"]))
+
+
+def test_vaanet_ablation_flags_change_param_tree(tiny):
+  _, _, video, audio = tiny
+
+  def names(**kw):
+    m = VAANet(**{**TINY, **kw})
+    v = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), video, audio))
+    return set(v["params"]), v["params"]
+
+  full, _ = names()
+  assert full == {"visual_backbone", "conv0_0", "conv0_1", "sa_net", "cwa_net", "ta_net", "fc",
+                  "audio_backbone", "a_fc_0", "a_fc_1", "aa_net", "av_fc"}
+  assert names(use_spatial_attention=False)[0] == full - {"sa_net"}
+  assert names(use_channel_attention=False)[0] == full - {"cwa_net"}
+  assert names(use_temporal_attention=False)[0] == full - {"ta_net"}
+  assert names(use_audio_attention=False)[0] == full - {"aa_net"}
+  assert names(keep_unused_fc=False)[0] == full - {"fc"}
+  no_audio, p = names(use_audio=False)
+  assert no_audio == full - {"audio_backbone", "a_fc_0", "a_fc_1", "aa_net"}
+  assert p["av_fc"]["kernel"].value.shape == (512, 8)
+
+
+def test_vaanet_ablation_outputs_and_bf16(tiny):
+  _, _, video, audio = tiny
+  m = VAANet(**TINY, use_spatial_attention=False, use_channel_attention=False,
+             use_temporal_attention=False, use_audio=False, dtype=jnp.bfloat16)
+  v = jax.jit(m.init)(KEY, video)  # no audio needed without the audio stream
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(v)))
+  out = jax.jit(lambda v, x: m.apply(v, x, None))(v, video)
+  assert out["logits"].dtype == jnp.float32 and out["logits"].shape == (B, 8)
+  for k in ("alpha", "beta", "gamma", "audio_gamma"):
+    np.testing.assert_array_equal(out[k], 1.0)
+  with pytest.raises(ValueError, match="segments"):
+    m.apply(v, video[:, :2], None)
+
+
+def test_normalize_video_modes():
+  x = jnp.asarray([[0, 100, 255]], jnp.uint8)[..., None].repeat(3, -1)  # [1, 3, 3]
+  np.testing.assert_allclose(normalize_video(x, "vaanet_legacy")[0, :, 0],
+                             [-100 / 255, 0.0, 155 / 255], atol=1e-6)
+  np.testing.assert_allclose(normalize_video(x, "hara_2018")[0, 1], 100 - np.array(
+      [114.7748, 107.7354, 99.4750]), rtol=1e-5)
+  np.testing.assert_allclose(normalize_video(x, "hara_2020")[0, 2], (1 - np.array(
+      [0.4345, 0.4051, 0.3775])) / np.array([0.2768, 0.2713, 0.2737]), rtol=1e-5)
+  with pytest.raises(ValueError, match="normalization"):
+    normalize_video(x, "imagenet")
+
+
+def test_transformer_block_logical_axes():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 32))
+  blk = TransformerBlock(num_heads=4, head_dim=8, mlp_dim=64)
+  v = blk.init(jax.random.PRNGKey(1), x)
+  specs = nn.get_partition_spec(v)["params"]
+  assert tuple(specs["query"]["kernel"]) == ("embed", "heads", "kv")
+  assert tuple(specs["out"]["kernel"]) == ("heads", "kv", "embed")
+  assert tuple(specs["mlp_in"]["kernel"]) == ("embed", "mlp")
+  assert tuple(specs["mlp_out"]["kernel"]) == ("mlp", "embed")
+  mask = jnp.array([[True] * 5, [True] * 3 + [False] * 2])
+  y = blk.apply(v, x, mask)
+  assert y.shape == x.shape
+  # Masked keys don't influence the kept positions.
+  y2 = blk.apply(v, x.at[1, 3:].set(100.0), mask)
+  np.testing.assert_allclose(y[1, :3], y2[1, :3], rtol=1e-5, atol=1e-5)
+  assert count_params(v) == sum(math.prod(a.shape) for a in
+                                jax.tree_util.tree_leaves(nn.unbox(v)["params"]))

@@ -1,0 +1,135 @@
+"""The synthetic affect world: determinism, idempotence, real-format files, cue structure."""
+import colorsys
+import filecmp
+import os
+import re
+
+import av
+import numpy as np
+import pytest
+
+from data_pipelines import media
+from data_pipelines.synthetic import __main__ as cli
+from data_pipelines.synthetic import affect_world as aw
+from data_pipelines.synthetic import common
+
+TINY = dict(num_train_per_class=2, num_test_per_class=1, size=32, fps=8,
+            min_duration=0.5, max_duration=0.9, num_workers=1, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  out = tmp_path_factory.mktemp("syn") / "a"
+  aw.generate_ve8_style(out, seed=3, **TINY)
+  return out
+
+
+def _files(root):
+  return sorted(
+      os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny, tmp_path):
+  again = tmp_path / "b"
+  aw.generate_ve8_style(again, seed=3, **TINY)
+  names = _files(tiny)
+  assert names == _files(again)
+  match, mismatch, errors = filecmp.cmpfiles(tiny, again, names, shallow=False)
+  assert not mismatch and not errors and len(match) == len(names)
+  other = tmp_path / "c"
+  aw.generate_ve8_style(other, seed=4, **TINY)
+  mp4s = [n for n in names if n.endswith(".mp4")]
+  _, mismatch, _ = filecmp.cmpfiles(tiny, other, mp4s, shallow=False)
+  assert len(mismatch) == len(mp4s)
+
+
+def test_files_decode_with_both_streams(tiny):
+  mp4s = [n for n in _files(tiny) if n.endswith(".mp4")]
+  assert len(mp4s) == 8 * 3
+  for name in mp4s:
+    path = os.path.join(tiny, name)
+    with av.open(path) as c:
+      assert [s.type for s in c.streams] == ["video", "audio"]
+      assert c.streams.video[0].codec_context.name == "h264"
+      assert c.streams.audio[0].codec_context.name == "aac"
+      assert c.streams.audio[0].rate == 16000
+    frames, fps = media.read_video_frames(path, short_side=None)
+    assert fps == 8 and frames.dtype == np.uint8
+    assert frames.shape[1:] == (32, 32, 3) and 4 <= frames.shape[0] <= 8  # 0.5-0.9 s at 8 fps.
+    wave = media.read_audio(path, 16000)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert 0.4 * 16000 < wave.size < 1.2 * 16000 and 0 < np.abs(wave).max() <= 1
+
+
+def test_split_lists_well_formed_and_balanced(tiny):
+  with open(tiny / "classInd.txt") as f:
+    assert f.read().splitlines() == [f"{i + 1} {c}" for i, c in enumerate(common.VE8_CLASSES)]
+  index = {c: i + 1 for i, c in enumerate(common.VE8_CLASSES)}
+  with open(tiny / "splits" / "trainlist01.txt") as f:
+    train = f.read().splitlines()
+  with open(tiny / "splits" / "testlist01.txt") as f:
+    test = f.read().splitlines()
+  for line in train:
+    m = re.fullmatch(r"(\w+)/(\S+) (\d+)", line)
+    assert m and index[m[1]] == int(m[3]), line
+    assert (tiny / f"{m[1]}/{m[2]}.mp4").is_file()
+  for line in test:
+    m = re.fullmatch(r"(\w+)/(\S+)", line)
+    assert m and m[1] in index and (tiny / f"{line}.mp4").is_file(), line
+  train_keys = [line.split()[0] for line in train]
+  assert not set(train_keys) & set(test)
+  for c in common.VE8_CLASSES:
+    assert sum(k.startswith(c + "/") for k in train_keys) == 2
+    assert sum(k.startswith(c + "/") for k in test) == 1
+  # Basenames repeat across class folders on purpose (keys must carry the class).
+  assert len({k.split("/")[1] for k in train_keys}) == 2
+
+
+def test_idempotent_and_refuses_other_params(tiny, tmp_path, capsys):
+  done = tiny / common.DONE_FILE
+  mtime = done.stat().st_mtime_ns
+  aw.generate_ve8_style(tiny, seed=3, **{**TINY, "verbose": True})
+  assert "nothing to do" in capsys.readouterr().out
+  assert done.stat().st_mtime_ns == mtime
+  with pytest.raises(FileExistsError, match=re.escape(str(tiny))):
+    aw.generate_ve8_style(tiny, seed=5, **TINY)
+  stranger = tmp_path / "used"
+  stranger.mkdir()
+  (stranger / "x.txt").write_text("not ours")
+  with pytest.raises(FileExistsError, match="not empty"):
+    aw.generate_ve8_style(stranger, seed=3, **TINY)
+
+
+def test_cli_runs_and_reports_conflicts(tmp_path, capsys):
+  out = str(tmp_path / "cli")
+  args = ["--out", out, "--num-train-per-class", "1", "--num-test-per-class", "0", "--size", "16",
+          "--fps", "4", "--min-duration", "0.5", "--max-duration", "0.5", "--num-workers", "1"]
+  assert cli.main(args) == 0
+  assert len([n for n in _files(out) if n.endswith(".mp4")]) == 8
+  assert cli.main(args) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  assert cli.main(args + ["--seed", "1"]) == 2
+  assert out in capsys.readouterr().err
+
+
+def test_cues_carry_the_class_factors():
+  """Object hue names the visual group; the tone's spectral peak names the audio cue."""
+  spec = aw.ClipSpec(size=48, fps=8, sr=16000, min_duration=1.0, max_duration=1.0)
+  for label in range(8):
+    group, cue = aw.class_factors(label)
+    assert aw.class_index(group, cue) == label
+    for trial in range(3):
+      frames, wave = aw.render_clip(label, spec, common.rng_for(11, "cue", label, trial))
+      rgb = frames.reshape(-1, 3).astype(np.float64)
+      sat = rgb.max(1) - rgb.min(1)
+      obj = rgb[sat > 0.5 * sat.max()]  # Background is low-saturation; the object is not.
+      r, g, b = obj.mean(0) / 255
+      hue = colorsys.rgb_to_hsv(r, g, b)[0]
+      dist = [min(abs(hue - h), 1 - abs(hue - h)) for h in aw.GROUP_HUES]
+      assert int(np.argmin(dist)) == group, (label, trial, hue)
+      spectrum = np.abs(np.fft.rfft(wave))
+      peak_hz = np.argmax(spectrum) * spec.sr / len(wave)
+      assert (peak_hz < 400) if cue == 0 else (peak_hz > 1000), (label, trial, peak_hz)
+  # Polarity table follows VAANet: Anticipation, Joy, Surprise, Trust are positive.
+  assert [c for c, p in zip(common.VE8_CLASSES, common.VE8_POLARITY) if p] == [
+      "Anticipation", "Joy", "Surprise", "Trust"]
