@@ -25,10 +25,7 @@ DEFAULT_RULES = (
     ("act_batch", ("data", "fsdp")),
     ("act_len", None),
     ("act_time", None),
-    # Residual-stream activations stay replicated over "tensor" (the Megatron layout). Mapping
-    # act_emb to "tensor" while weights put "embed" on "fsdp" gives WRONG results on XLA:CPU
-    # (jax 0.10.2 and 0.12.0.1; repro: x sharded on E by tensor, x @ W with W sharded (tensor,
-    # None, fsdp), then a residual add).
+    # Residual-stream activations stay replicated over "tensor" (the Megatron layout).
     ("act_emb", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -112,6 +109,24 @@ def unbox_abstract(tree):
   return jax.tree.map(
       lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
       tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def gathered(sharding_tree, axis: str = "fsdp"):
+  """The same shardings with `axis` removed: FSDP weights as used in compute.
+
+  The step constrains parameters to these right before the forward, which makes XLA all-gather
+  each FSDP shard for compute and reduce-scatter its gradient (the FSDP schedule). Leaving the
+  choice to the partitioner is also correct in principle, but XLA:CPU (jax 0.10.2 and 0.12.0.1)
+  computes wrong values for some plans on meshes where data, fsdp and tensor are all > 1.
+  """
+  def strip(s):
+    spec = []
+    for axes in s.spec:
+      names = axes if isinstance(axes, tuple) else (axes,)
+      kept = tuple(n for n in names if n is not None and n != axis)
+      spec.append(kept if len(kept) > 1 else (kept[0] if kept else None))
+    return NamedSharding(s.mesh, P(*spec))
+  return jax.tree.map(strip, sharding_tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

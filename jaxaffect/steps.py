@@ -107,8 +107,16 @@ def build(config, method, mesh) -> Setup:
   init_fn = jax.jit(lambda rng: shd.unbox_abstract(init_state(rng)),
                     out_shardings=state_sharding)
 
+  compute_sharding = shd.gathered(state_sharding["params"])
+
+  def gather(params):
+    return jax.tree.map(jax.lax.with_sharding_constraint, params, compute_sharding)
+
+  def loss_fn(params, model_state, batch, rng):
+    return method.loss(gather(params), model_state, batch, rng)
+
   def grads_of(params, model_state, batch, rng):
-    return jax.value_and_grad(method.loss, has_aux=True)(params, model_state, batch, rng)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, model_state, batch, rng)
 
   def train_step(state, batch, base_rng):
     step = state["step"]
@@ -156,7 +164,7 @@ def build(config, method, mesh) -> Setup:
     return new_state, out
 
   def eval_step(state, batch):
-    outputs = method.predict(state["params"], state["model_state"], batch)
+    outputs = method.predict(gather(state["params"]), state["model_state"], batch)
     outputs = dict(outputs)
     for k in tuple(method.eval_label_keys) + ("_mask",):
       outputs[k] = batch[k]

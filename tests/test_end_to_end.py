@@ -126,7 +126,8 @@ def test_two_processes_equal_one_and_restore(tmp_path, data_dir):
   a, b = _train_losses(one), _train_losses(two)
   assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5]
   np.testing.assert_allclose([l for _, l in b], [l for _, l in a], rtol=1e-5)
-  assert sorted(os.listdir(two / "checkpoints" / "5" / "data_iter")) == [
+  assert sorted(f for f in os.listdir(two / "checkpoints" / "5" / "data_iter")
+                if f.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
   # Restore across the two processes and train on.
   r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir,
