@@ -12,7 +12,6 @@ import logging
 import os
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -49,6 +48,7 @@ class Checkpointer:
            force: bool = False) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
+      import grain
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     if meta is not None:
       items["meta"] = ocp.args.JsonSave(meta)
@@ -57,6 +57,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iter=None) -> Any:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
+      import grain
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"]

@@ -60,3 +60,16 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert steps, "no checkpoint written on SIGTERM"
   logged = [json.loads(l)["step"] for l in open(metrics)]
   assert steps[-1] >= max(logged)
+
+
+def test_summary_prints_paper_parameter_counts():
+  r = _main("--config", "configs/vaanet_ve8.py", "--mode", "summary",
+            "--config.model.conv_impl=native")
+  assert r.returncode == 0, r.stderr[-2000:]
+  last = r.stdout.strip().splitlines()[-1]
+  fields = dict(kv.split("=") for kv in last.split())
+  assert set(fields) == {"total_params", "trainable_params", "flops_per_example"}
+  # The released VAANet: 97.87M total, 12.62M trainable (frozen 3D ResNet-101 body).
+  assert int(fields["total_params"]) == 97_869_012
+  assert int(fields["trainable_params"]) == 12_623_892
+  assert float(fields["flops_per_example"]) > 12 * 1e10  # 12 clips through a 3D ResNet-101

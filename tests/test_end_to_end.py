@@ -109,7 +109,14 @@ def test_kill9_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
   subprocess.run(_cmd(wd, data_dir, *extra), cwd=ROOT, env=_env(), check=True,
                  capture_output=True, timeout=600)
   assert _train_losses(wd) == _train_losses(full)
-  assert json.load(open(wd / "results.json")) == json.load(open(full / "results.json"))
+  results = json.load(open(wd / "results.json"))
+  assert results == json.load(open(full / "results.json"))
+  # --mode eval on the finished workdir reproduces the final evaluation.
+  r = subprocess.run(_cmd(wd, data_dir, *extra, "--mode", "eval"), cwd=ROOT, env=_env(),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  evaluated = json.loads(r.stdout.strip().splitlines()[-1].split("results: ", 1)[1])
+  assert evaluated["eval/top1"] == results["eval/top1"]
 
 
 def test_two_processes_equal_one_and_restore(tmp_path, data_dir):

@@ -14,9 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxaffect.data import pipeline
-from jaxaffect.data import sources
-from jaxaffect.data import video_transforms
 from jaxaffect.evaluation import classification
 from jaxaffect.methods import base
 from jaxaffect.models import vaanet as vaanet_model
@@ -86,14 +83,19 @@ class Method(base.Method):
 
   # ---- data ------------------------------------------------------------------------------------
   def prepare_data(self):
+    from jaxaffect.data import sources
     sources.prepare_video_emotion(self.config.dataset)
 
-  def transform_config(self) -> video_transforms.TransformConfig:
+  # Data modules are imported where used: model-only uses (summary, step benchmarks, converters)
+  # need neither grain nor the media stack.
+  def transform_config(self):
+    from jaxaffect.data import video_transforms
     ds = self.config.dataset
     names = {f.name for f in dataclasses.fields(video_transforms.TransformConfig)}
     return video_transforms.TransformConfig.create({k: ds[k] for k in names if k in ds})
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    from jaxaffect.data import pipeline, sources
     ds = self.config.dataset
     src = sources.video_emotion_source(ds, "train")
     dataset = pipeline.train_dataset(
@@ -103,6 +105,7 @@ class Method(base.Method):
     return iter(dataset)
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
+    from jaxaffect.data import pipeline, sources
     ds = self.config.dataset
     src = sources.video_emotion_source(ds, ds.get("eval_split", "test"))
     return pipeline.eval_batches(src, transform_cfg=self.transform_config(), global_batch_size=global_batch_size,
