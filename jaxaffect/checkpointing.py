@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxaffect.errors import PathNotFound
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
   """
   p = epath.Path(_abs(path))
   if not p.exists():
-    raise FileNotFoundError(f"init_from: {p} does not exist")
+    raise PathNotFound(f"init_from: {p} does not exist")
   if (p / "checkpoints").exists():
     p = p / "checkpoints"
   steps = [int(c.name) for c in p.iterdir() if c.name.isdigit()] if p.is_dir() else []

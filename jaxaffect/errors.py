@@ -3,3 +3,7 @@
 
 class UserError(Exception):
   """Bad config value, missing path, unreadable data: message names the key/path/value."""
+
+
+class PathNotFound(UserError, FileNotFoundError):
+  """A file or folder the user named (or the config implies) does not exist."""

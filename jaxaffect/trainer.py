@@ -23,6 +23,7 @@ from jaxaffect import metric_writer
 from jaxaffect import methods
 from jaxaffect import sharding as shd
 from jaxaffect import steps as steps_lib
+from jaxaffect.errors import PathNotFound
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def evaluate_only(config, workdir: str) -> dict[str, float]:
   s = setup(config)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
   if ckpt.latest_step() is None and not config.get("init_from", ""):
-    raise FileNotFoundError(f"--mode eval: no checkpoint under {ckpt.directory} and no "
+    raise PathNotFound(f"--mode eval: no checkpoint under {ckpt.directory} and no "
                             "config.init_from")
   state, step = initial_state(s, config, ckpt)
   results = {f"eval/{k}": v for k, v in evaluate(s, config, state).items()}

@@ -133,3 +133,25 @@ def test_optimizer_freezes_params_matching_patterns():
     after = jax.device_get(state["params"])
   np.testing.assert_array_equal(before["Dense_0"]["kernel"], after["Dense_0"]["kernel"])
   assert not np.array_equal(before["Dense_1"]["kernel"], after["Dense_1"]["kernel"])
+
+
+def test_init_from_loads_params_only(tmp_path):
+  c = toy_method.toy_config()
+  c.method = "toy"
+  c.total_steps, c.checkpoint.every_steps = 3, 3
+  trainer.train_and_evaluate(c, str(tmp_path / "src"))
+  src = checkpointing.Checkpointer(str(tmp_path / "src" / "checkpoints"), every_steps=1, keep=1)
+  s = trainer.setup(c, prepare_data=False)
+  trained, _ = trainer.initial_state(s, c, src)
+  src.close()
+  c2 = c.copy_and_resolve_references()
+  c2.init_from = str(tmp_path / "src")
+  c2.seed = 7
+  state, start = trainer.initial_state(s, c2, None)
+  assert start == 0 and int(state["step"]) == 0
+  for a, b in zip(jax.tree.leaves(jax.device_get(trained["params"])),
+                  jax.tree.leaves(jax.device_get(state["params"]))):
+    np.testing.assert_array_equal(a, b)
+  c2.init_from = str(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="missing"):
+    trainer.initial_state(s, c2, None)

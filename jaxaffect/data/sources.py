@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from jaxaffect.errors import UserError
+from jaxaffect.errors import PathNotFound, UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def prepare_video_emotion(ds) -> None:
   raw = raw_dir(ds)
   if ds.name in SYNTHETIC:
     if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
-      raise UserError(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
+      raise PathNotFound(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
     from data_pipelines.synthetic import affect_world
     syn = ds.synthetic
     affect_world.generate_ve8_style(raw, seed=int(syn.seed),
@@ -61,7 +61,7 @@ def prepare_video_emotion(ds) -> None:
     raise UserError(f"dataset.name: unknown dataset {ds.name!r}; known: "
                     f"{', '.join(SYNTHETIC + REAL)}")
   if not os.path.isdir(raw):
-    raise UserError(f"dataset: raw data folder {raw} does not exist; download the dataset "
+    raise PathNotFound(f"dataset: raw data folder {raw} does not exist; download the dataset "
                     "there or set --config.dataset.manual_dir")
   os.makedirs(tfds_dir(ds), exist_ok=True)
   video_emotion.build_video_emotion(raw, tfds_dir(ds), extraction_kwargs(ds))
@@ -73,7 +73,7 @@ def video_emotion_source(ds, split: str):
   raw = raw_dir(ds)
   data = tfds_dir(ds)
   if not os.path.isdir(data):
-    raise UserError(f"dataset: data directory {data} does not exist; run the extraction first "
+    raise PathNotFound(f"dataset: data directory {data} does not exist; run the extraction first "
                     "(or enable dataset.auto_prepare for synthetic data)")
   builder = video_emotion.build_video_emotion(raw, data, extraction_kwargs(ds), build=False)
   log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
