@@ -121,7 +121,6 @@ def evaluate(s: steps_lib.Setup, config, state) -> dict[str, float]:
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   s = setup(config)
-  writer = metric_writer.MetricWriter(workdir)
   total = int(config.total_steps)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=int(config.checkpoint.every_steps),
@@ -138,6 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     ckpt.close()
     return results
 
+  writer = metric_writer.MetricWriter(workdir)
   train_iter = s.method.train_iterator(seed=int(config.seed),
                                        global_batch_size=int(config.batch_size),
                                        process_index=jax.process_index(),
@@ -191,6 +191,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           raise SystemExit(0)
     if pending is not None:
       _check_finite(*pending, ckpt)
+  except BaseException:
+    writer.close()
+    raise
   finally:
     if pbar is not None:
       pbar.close()

@@ -14,9 +14,7 @@ import pytest
 
 from jaxaffect import config_lib
 from jaxaffect import methods
-from jaxaffect import sharding as shd
-from jaxaffect import steps
-from jaxaffect import trainer
+import toy_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("seed", "total_steps", "batch_size", "mesh.data", "mesh.fsdp", "mesh.tensor",
@@ -50,19 +48,8 @@ def test_every_config_and_variant_loads_with_required_keys(path):
 
 def _losses(config, devices, n=5):
   method = methods.get_method(config)
-  if jax.process_index() == 0:
-    method.prepare_data()
-  s = steps.build(config, method, shd.make_mesh(config.mesh, devices))
-  it = method.train_iterator(seed=0, global_batch_size=config.batch_size, process_index=0,
-                             process_count=1)
-  out = []
-  with s.context():
-    state = s.init_fn(jax.random.key(0))
-    for _ in range(n):
-      state, m = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
-                              jax.random.key(0))
-      out.append(float(m["loss"]))
-  return np.array(out)
+  method.prepare_data()
+  return toy_method.train_losses(method, config, devices, n)[0]
 
 
 def test_demo_smoke_sharded_equals_single_device(data_dir):

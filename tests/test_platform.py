@@ -19,17 +19,8 @@ methods.register("toy", toy_method.ToyMethod)
 def _losses(mesh_cfg, devices, n=5, accum=1):
   c = toy_method.toy_config(**mesh_cfg)
   c.grad_accum_steps = accum
-  m = toy_method.ToyMethod(c)
-  s = steps.build(c, m, shd.make_mesh(c.mesh, devices))
-  it = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
-  out = []
-  with s.context():
-    state = s.init_fn(jax.random.key(0))
-    for _ in range(n):
-      batch = steps.make_global_batch(next(it), s.batch_sharding)
-      state, met = s.train_step(state, batch, jax.random.key(0))
-      out.append(float(met["loss"]))
-  return np.array(out), state, s
+  losses, state = toy_method.train_losses(toy_method.ToyMethod(c), c, devices, n)
+  return losses, state, None
 
 
 def test_mesh_shape_fill_and_errors():

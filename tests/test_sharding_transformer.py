@@ -5,24 +5,12 @@ import numpy as np
 import pytest
 
 import toy_method
-from jaxaffect import sharding as shd
-from jaxaffect import steps
 
 
 def _run(mesh_cfg, devices, n=5):
   c = toy_method.toy_config(**mesh_cfg)
   c.optimizer.learning_rate = 1e-3
-  m = toy_method.TransformerMethod(c)
-  s = steps.build(c, m, shd.make_mesh(c.mesh, devices))
-  it = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
-  losses = []
-  with s.context():
-    state = s.init_fn(jax.random.key(0))
-    for _ in range(n):
-      state, met = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
-                                jax.random.key(0))
-      losses.append(float(met["loss"]))
-  return np.array(losses), state
+  return toy_method.train_losses(toy_method.TransformerMethod(c), c, devices, n)
 
 
 @pytest.fixture(scope="module")

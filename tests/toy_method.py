@@ -4,7 +4,6 @@ from __future__ import annotations
 import flax.linen as nn
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -136,3 +135,20 @@ class TransformerMethod(ToyMethod):
           .batch(global_batch_size // process_count, drop_remainder=True)
           [process_index::process_count])
     return iter(ds.to_iter_dataset())
+
+
+def train_losses(method, config, devices, n: int = 5):
+  """Runs n train steps of `method` on a mesh of `devices`; returns (losses, final state)."""
+  from jaxaffect import sharding as shd
+  from jaxaffect import steps
+  s = steps.build(config, method, shd.make_mesh(config.mesh, devices))
+  it = method.train_iterator(seed=0, global_batch_size=config.batch_size, process_index=0,
+                             process_count=1)
+  losses = []
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    for _ in range(n):
+      state, m = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
+                              jax.random.key(0))
+      losses.append(float(m["loss"]))
+  return np.array(losses), state
