@@ -8,3 +8,12 @@ from absl import flags  # noqa: E402
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory):
+  """One data dir for the smoke configs, shared by all tests (generated and extracted once,
+  on first use by a test)."""
+  return str(tmp_path_factory.mktemp("smoke_data"))

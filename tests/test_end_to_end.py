@@ -23,8 +23,8 @@ REQUIRED = ("seed", "total_steps", "batch_size", "mesh.data", "mesh.fsdp", "mesh
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(smoke_data_dir):
+  return smoke_data_dir
 
 
 def _config(data_dir, name="demo.py", arg="smoke"):

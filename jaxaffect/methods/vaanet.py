@@ -36,6 +36,13 @@ class Method(base.Method):
     m = self.config.model
     ds = self.config.dataset
     kwargs = dict(m.to_dict())
+    # "frames": decoded snippets through the frozen backbone; "features": the backbone's cached
+    # layer4 outputs (see jaxaffect/feature_cache.py), the backbone is not built.
+    self.visual_input = kwargs.pop("visual_input", "frames")
+    if self.visual_input not in ("frames", "features"):
+      from jaxaffect.errors import UserError
+      raise UserError(f"config.model.visual_input must be 'frames' or 'features', got "
+                      f"{self.visual_input!r}")
     kwargs.setdefault("num_classes", int(ds.num_classes))
     kwargs.setdefault("num_segments", int(ds.num_segments))
     kwargs.setdefault("audio_segments", int(ds.audio_segments))
@@ -45,19 +52,36 @@ class Method(base.Method):
   def polarity(self) -> np.ndarray:
     return np.asarray(self.config.dataset.polarity, np.int32)
 
+  def backbone_feature_shape(self) -> tuple[int, ...]:
+    """[T', H', W', C] of the frozen backbone's output for one snippet."""
+    ds, m = self.config.dataset, self.config.model
+    t, c = int(ds.snippet_len), int(ds.crop_size)
+    net = vaanet_model.ResNet3D(int(m.visual_depth), int(m.visual_width),
+                                conv1_t_size=int(m.get("conv1_t_size", 7)), conv_impl="native")
+    x = jax.ShapeDtypeStruct((1, t, c, c, 3), jnp.float32)
+    out = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x,
+                                                        use_running_average=True)[0], x)
+    return tuple(out.shape[1:])
+
   def example_batch(self, batch_size: int):
     ds = self.config.dataset
     s, t, c = int(ds.num_segments), int(ds.snippet_len), int(ds.crop_size)
     a, f, m = int(ds.audio_segments), int(ds.audio_frames_per_segment), int(ds.extraction.n_mfcc)
+    if self.visual_input == "features":
+      visual = {"video_features": np.zeros((batch_size, s) + self.backbone_feature_shape(),
+                                           np.float32)}
+    else:
+      visual = {"video": np.zeros((batch_size, s, t, c, c, 3), np.uint8)}
     return {
-        "video": np.zeros((batch_size, s, t, c, c, 3), np.uint8),
+        **visual,
         "audio": np.zeros((batch_size, a, f, m), np.float32),
         "label": np.zeros((batch_size,), np.int32),
         "polarity": np.zeros((batch_size,), np.int32),
     }
 
   def model_inputs(self, batch):
-    return {"video": batch["video"], "audio": batch["audio"]}
+    visual = "video_features" if self.visual_input == "features" else "video"
+    return {visual: batch[visual], "audio": batch["audio"]}
 
   def loss(self, params, model_state, batch, rng):
     del rng  # VAANet has no dropout
@@ -82,7 +106,13 @@ class Method(base.Method):
         polarity=self.polarity, class_names=tuple(self.config.dataset.get("class_names", ())))
 
   # ---- data ------------------------------------------------------------------------------------
+  def _feature_cache(self, split):
+    from jaxaffect import feature_cache
+    return feature_cache.CachedFeatures(self.config.dataset.feature_cache, split)
+
   def prepare_data(self):
+    if self.visual_input == "features":
+      return  # the cache was built beforehand (python -m jaxaffect.feature_cache)
     from jaxaffect.data import sources
     sources.prepare_video_emotion(self.config.dataset)
 
@@ -97,6 +127,11 @@ class Method(base.Method):
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
     from jaxaffect.data import pipeline, sources
     ds = self.config.dataset
+    if self.visual_input == "features":
+      from jaxaffect import feature_cache
+      return feature_cache.train_iterator(
+          self._feature_cache("train"), seed=seed, global_batch_size=global_batch_size,
+          process_index=process_index, process_count=process_count)
     src = sources.video_emotion_source(ds, "train")
     dataset = pipeline.train_dataset(
         src, transform_cfg=self.transform_config(), seed=seed, global_batch_size=global_batch_size,
@@ -107,6 +142,11 @@ class Method(base.Method):
   def eval_batches(self, *, global_batch_size, process_index, process_count):
     from jaxaffect.data import pipeline, sources
     ds = self.config.dataset
+    if self.visual_input == "features":
+      from jaxaffect import feature_cache
+      return feature_cache.eval_batches(
+          self._feature_cache(ds.get("eval_split", "test")), global_batch_size=global_batch_size,
+          process_index=process_index, process_count=process_count)
     src = sources.video_emotion_source(ds, ds.get("eval_split", "test"))
     return pipeline.eval_batches(src, transform_cfg=self.transform_config(), global_batch_size=global_batch_size,
                                  process_index=process_index, process_count=process_count)

@@ -137,17 +137,26 @@ class VAANet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, video: Array, audio: Array | None = None, train: bool = False
-               ) -> dict[str, Array]:
+  def __call__(self, video: Array | None = None, audio: Array | None = None,
+               train: bool = False, video_features: Array | None = None) -> dict[str, Array]:
+    """`video_features` [B, S, T', H', W', C] (the frozen backbone's layer4 output, e.g. from a
+    feature cache) replaces `video`: the backbone is then neither built nor run."""
     if self.backbone_bn not in BACKBONE_BN_POLICIES:
       raise ValueError(f"backbone_bn must be one of {BACKBONE_BN_POLICIES}, "
                        f"got {self.backbone_bn!r}")
     if self.temporal_activation not in TEMPORAL_ACTIVATIONS:
       raise ValueError(f"temporal_activation must be one of {TEMPORAL_ACTIVATIONS}, "
                        f"got {self.temporal_activation!r}")
-    if video.ndim != 6 or video.shape[-1] != 3:
-      raise ValueError(f"video must be [B, S, T, H, W, 3], got {video.shape}")
-    b, s = video.shape[:2]
+    if video_features is not None:
+      if video_features.ndim != 6:
+        raise ValueError(f"video_features must be [B, S, T', H', W', C], got "
+                         f"{video_features.shape}")
+      b, s = video_features.shape[:2]
+    elif video is None or video.ndim != 6 or video.shape[-1] != 3:
+      raise ValueError(f"video must be [B, S, T, H, W, 3], got "
+                       f"{None if video is None else video.shape}")
+    else:
+      b, s = video.shape[:2]
     if s != self.num_segments:
       raise ValueError(f"video has {s} segments, model num_segments={self.num_segments}")
     ura = not train
@@ -155,11 +164,14 @@ class VAANet(nn.Module):
     f32 = jnp.float32
 
     # ---- visual stream -------------------------------------------------------------------
-    x = normalize_video(video, self.normalization).astype(cdt)
-    x = _constrain(x.reshape(b * s, *video.shape[2:]), None, None, None, None)
-    backbone = ResNet3D(self.visual_depth, self.visual_width, conv1_t_size=self.conv1_t_size,
-                        conv_impl=self.conv_impl, dtype=cdt, name="visual_backbone")
-    feat = backbone(x, use_running_average=ura if self.backbone_bn == "batch_stats" else True)
+    if video_features is None:
+      x = normalize_video(video, self.normalization).astype(cdt)
+      x = _constrain(x.reshape(b * s, *video.shape[2:]), None, None, None, None)
+      backbone = ResNet3D(self.visual_depth, self.visual_width, conv1_t_size=self.conv1_t_size,
+                          conv_impl=self.conv_impl, dtype=cdt, name="visual_backbone")
+      feat = backbone(x, use_running_average=ura if self.backbone_bn == "batch_stats" else True)
+    else:
+      feat = video_features.astype(cdt).reshape(b * s, *video_features.shape[2:])
     feat = jax.lax.stop_gradient(feat)  # frozen, as the original's no-grad backbone
     n = b * s
     hw = feat.shape[1] * feat.shape[2] * feat.shape[3]
