@@ -56,7 +56,14 @@ def get_config(arg=None):
   d.crop_size = 112
   d.audio_segments = 16
   d.audio_frames_per_segment = 256   # 16 x 256 = 4096 MFCC frames, tiled or cut
-  d.flip_prob = 0.5
+  # The released code's per-video augmentation: with p=0.3 one of horizontal flip, rotation
+  # U(-20, 20) degrees or brightness U(0.5, 1.0), drawn once per video.
+  d.augment = "vaanet"
+  d.augment_prob = 0.3
+  d.rotation_degrees = 20.0
+  d.brightness_min = 0.5
+  d.flip_prob = 0.5          # used by augment="flip" (synthetic data)
+  d.split_file = ""          # optional: folder of split lists or the .xlsx, relative to manual_dir
   d.legacy_random_eval = False
   d.legacy_start_off_by_one = True  # the code never draws the last valid snippet start
   d.worker_count = 0
@@ -89,6 +96,7 @@ def get_config(arg=None):
     d.num_segments, d.snippet_len, d.crop_size = 4, 4, 64
     d.audio_segments, d.audio_frames_per_segment = 4, 32
     c.frozen_params = ()
+    d.augment = "flip"
     c.total_steps = 400
     c.optimizer.learning_rate = 1e-3
     c.checkpoint.every_steps = 100
@@ -107,6 +115,7 @@ def _smoke(c):
   c.eval_every_steps = 0
   d = c.dataset
   d.name = "synthetic_ve8"
+  d.augment = "flip"
   d.auto_prepare = True
   d.synthetic.update(num_train_per_class=2, num_test_per_class=1)
   d.extraction.update(frame_short_side=32, audio_sr=16000, n_fft=512, hop_length=256,

@@ -37,7 +37,8 @@ def _config(data_dir, name="demo.py", arg="smoke"):
 def test_every_config_and_variant_loads_with_required_keys(path):
   name = os.path.basename(path)
   args = {"demo.py": [None, "smoke"],
-          "vaanet_ve8.py": [None, "smoke", "synthetic", "split=3", "synthetic,smoke"]}
+          "vaanet_ve8.py": [None, "smoke", "synthetic", "split=3", "synthetic,smoke"],
+          "vaanet_ekman6.py": [None, "smoke", "synthetic"]}
   for arg in args.get(name, [None, "smoke"]):
     c = _config("/tmp/unused", name, arg)
     for key in REQUIRED:

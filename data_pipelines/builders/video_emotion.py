@@ -1,14 +1,18 @@
-"""TFDS builder `video_emotion`: VE-8-style raw videos -> ArrayRecord examples (no TensorFlow).
+"""TFDS builder `video_emotion`: emotion-video folders -> ArrayRecord examples (no TensorFlow).
 
-Reads the raw layout described in contracts.md from `manual_dir` (classInd.txt, <Class>/<name>.*,
-splits/{train,test}list%02d.txt), decodes every listed video once with PyAV, computes MFCCs with
-librosa and writes one example per video. Extraction settings live in `VideoEmotionConfig`, whose
-name is derived from its values, so each setting gets its own folder under
-<data_dir>/video_emotion/<config name>/<version>/. Bad items never stop a build: they are
-skipped (or zero-filled, for a missing audio stream) and listed in `manifest.json` there.
+Reads a raw folder from `manual_dir` in one of two layouts (`layout` in the config; the rules for
+split membership are in emotion_splits.py): "ve8" (VideoEmotion-8 as downloaded: <Class>/<name>.*
+plus split lists or the split workbook; also the synthetic generator's layout) or "ekman6"
+(<class>/<id>.* plus ID lists, or the alternating rule). It decodes every listed video once with
+PyAV, computes MFCCs with librosa and writes one example per video. Extraction settings live in
+`VideoEmotionConfig`, whose name is derived from its values, so each setting gets its own folder
+under <data_dir>/video_emotion/<config name>/<version>/. Bad items never stop a build: they are
+skipped (or zero-filled, for a missing audio stream) and listed in `manifest.json` there, with
+the split's source, videos no split lists and basenames found under several classes.
 
 Usage:
   builder = build_video_emotion(raw_root, data_dir, dict(fps=10, frame_short_side=112))
+  builder = build_video_emotion(ek6_root, data_dir, dict(layout="ekman6"))
   source = builder.as_data_source("train")  # random access, numpy, no TensorFlow
   manifest = load_manifest(builder)
 """
@@ -29,18 +33,22 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import media
+from data_pipelines.builders import emotion_splits
+# Re-exported: the raw-layout helpers lived here in the first version.
+from data_pipelines.builders.emotion_splits import (  # noqa: F401
+    EK6_CLASSES, LAYOUT_CLASSES, LAYOUTS, VE8_CLASSES, VIDEO_EXTENSIONS, RawLayoutError,
+    read_class_index, read_split_list)
 
-VE8_CLASSES = (
-    "Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust"
-)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".flv", ".mkv", ".webm", ".mov", ".m4v", ".3gp", ".wmv",
-                    ".mpg", ".mpeg")
 MANIFEST_FILE = "manifest.json"
 NO_AUDIO_POLICIES = ("zeros", "skip")
 # Frames are stored as raw bytes: ArrayRecord already compresses each record (tfds writes
 # group_size:1 with the library's default codec), which here gave the same size as zlib
 # (~0.3 MB per 27x112x112 clip), a 2x faster build and 3x faster reads than encoding="zlib".
 VIDEO_ENCODING = "bytes"
+
+
+class ExtractionConfigError(ValueError):
+  """An extraction setting is unknown or out of range; the message names it."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -53,7 +61,9 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
   for videos without an audio stream (what the CTEN author did).
   """
   name: str = ""
+  layout: str = "ve8"
   split_index: int = 1
+  split_file: str = ""
   fps: float | None = None
   frame_short_side: int | None = 112
   max_frames: int | None = None
@@ -62,25 +72,31 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
   n_fft: int = 2048
   hop_length: int = 512
   no_audio_policy: str = "zeros"
-  class_names: tuple[str, ...] = VE8_CLASSES
+  class_names: tuple[str, ...] = ()  # () = the layout's classes (VE8_CLASSES, EK6_CLASSES)
 
   def __post_init__(self):
-    if not 1 <= int(self.split_index) <= 10:
-      raise ValueError(f"split_index must be in 1..10, got {self.split_index}")
+    if self.layout not in LAYOUTS:
+      raise ExtractionConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+    max_split = 10 if self.layout == "ve8" else 1
+    if not 1 <= int(self.split_index) <= max_split:
+      raise ExtractionConfigError(
+          f"split_index must be in 1..{max_split} for layout {self.layout!r}, "
+          f"got {self.split_index}")
     if self.no_audio_policy not in NO_AUDIO_POLICIES:
-      raise ValueError(
+      raise ExtractionConfigError(
           f"no_audio_policy must be one of {NO_AUDIO_POLICIES}, got {self.no_audio_policy!r}")
     if self.fps is not None and self.fps <= 0:
-      raise ValueError(f"fps must be positive or None, got {self.fps}")
+      raise ExtractionConfigError(f"fps must be positive or None, got {self.fps}")
     for field in ("frame_short_side", "max_frames"):
       value = getattr(self, field)
       if value is not None and value < 1:
-        raise ValueError(f"{field} must be >= 1 or None, got {value}")
-    self.class_names = tuple(self.class_names)
+        raise ExtractionConfigError(f"{field} must be >= 1 or None, got {value}")
+    self.class_names = tuple(self.class_names) or LAYOUT_CLASSES[self.layout]
+    self.split_file = os.fspath(self.split_file or "")
     if not self.name:
       self.name = self.derived_name()
     if not self.description:
-      self.description = "VE-8-style videos, frames + MFCC: " + self.name
+      self.description = f"{self.layout} videos, frames + MFCC: " + self.name
 
   def derived_name(self) -> str:
     """A folder-safe name that changes whenever an extraction setting changes."""
@@ -89,19 +105,23 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
         return none
       return (f"{v:g}" if isinstance(v, float) else str(v)).replace(".", "p")
     parts = [
+        *(["ekman6"] if self.layout == "ekman6" else []),  # ve8 names predate `layout`
         f"split{self.split_index}", f"fps{num(self.fps, 'native')}",
         f"side{num(self.frame_short_side, 'orig')}", f"max{num(self.max_frames, 'all')}",
         f"sr{self.audio_sr}", f"mfcc{self.n_mfcc}", f"fft{self.n_fft}", f"hop{self.hop_length}",
         f"noaudio-{self.no_audio_policy}",
     ]
-    if self.class_names != VE8_CLASSES:
+    if self.class_names != LAYOUT_CLASSES[self.layout]:
       parts.append(f"classes{zlib.crc32('|'.join(self.class_names).encode()):08x}")
+    if self.split_file:
+      parts.append(f"splitfile{zlib.crc32(self.split_file.encode()):08x}")
     return "_".join(parts)
 
   def contract(self) -> dict[str, Any]:
     """What the online pipeline may rely on (also written to the manifest)."""
     return dict(
-        split_index=self.split_index, fps=self.fps, frame_short_side=self.frame_short_side,
+        layout=self.layout, split_index=self.split_index, split_file=self.split_file,
+        fps=self.fps, frame_short_side=self.frame_short_side,
         max_frames=self.max_frames, audio_sr=self.audio_sr, n_mfcc=self.n_mfcc,
         n_fft=self.n_fft, hop_length=self.hop_length, n_mels=128, power_to_db_ref=1.0,
         top_db=80.0, no_audio_policy=self.no_audio_policy, class_names=list(self.class_names),
@@ -113,80 +133,6 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
             "key": "str 'Class/name'",
         },
     )
-
-
-# ------------------------------------------------------------------------------ raw layout
-
-
-def read_class_index(root) -> list[str]:
-  """Class names in classInd.txt order ("1 Anger" lines)."""
-  path = os.path.join(os.fspath(root), "classInd.txt")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: missing class index file")
-  names = {}
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      parts = line.split()
-      if len(parts) != 2 or not parts[0].isdigit():
-        raise ValueError(f"{path}:{lineno}: expected '<index> <Class>', got {line.strip()!r}")
-      names[int(parts[0])] = parts[1]
-  if sorted(names) != list(range(1, len(names) + 1)):
-    raise ValueError(f"{path}: indices must be 1..{len(names)}, got {sorted(names)}")
-  return [names[i] for i in range(1, len(names) + 1)]
-
-
-@dataclasses.dataclass
-class _Item:
-  key: str
-  label: int
-  path: str | None  # None: listed but missing.
-  reason: str | None = None  # Set when the listing itself already disqualifies the item.
-
-
-def _find_video(root: str, key: str) -> str | None:
-  base = os.path.join(root, key)
-  if os.path.splitext(key)[1].lower() in VIDEO_EXTENSIONS and os.path.isfile(base):
-    return base
-  for ext in VIDEO_EXTENSIONS:
-    if os.path.isfile(base + ext):
-      return base + ext
-  return None
-
-
-def read_split_list(root, split: str, split_index: int, class_names: Sequence[str]) -> list[_Item]:
-  """Items of splits/{train,test}list%02d.txt with labels from the class folder name."""
-  root = os.fspath(root)
-  path = os.path.join(root, "splits", f"{split}list{split_index:02d}.txt")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: missing split list")
-  index = {c: i for i, c in enumerate(class_names)}
-  items, seen = [], set()
-  with open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      key = parts[0].strip("/")
-      where = f"{path}:{lineno}"
-      cls = key.split("/")[0] if "/" in key else None
-      if cls not in index:
-        items.append(_Item(key, -1, None, f"{where}: class folder of {key!r} not in classInd.txt"))
-        continue
-      label = index[cls]
-      if len(parts) > 1 and (not parts[1].isdigit() or int(parts[1]) != label + 1):
-        items.append(_Item(key, label, None,
-                           f"{where}: listed index {parts[1]} != {label + 1} for class {cls}"))
-        continue
-      if key in seen:
-        items.append(_Item(key, label, None, f"{where}: duplicate entry {key!r}"))
-        continue
-      seen.add(key)
-      found = _find_video(root, key)
-      items.append(_Item(key, label, found, None if found else
-                         f"{os.path.join(root, key)}.*: listed in {where} but no video file"))
-  return items
 
 
 # ------------------------------------------------------------------------------ extraction
@@ -247,7 +193,7 @@ def _worker_init():
 _WORKER_LIMITS = None
 
 
-def _extract_all(items: Sequence[_Item], config, num_workers: int) -> Iterator[tuple]:
+def _extract_all(items: Sequence[emotion_splits.Item], config, num_workers: int) -> Iterator[tuple]:
   jobs = [(item, config) for item in items]
   if num_workers <= 1 or len(jobs) < 16:
     with _limit_blas_threads():
@@ -272,20 +218,26 @@ logging.getLogger("absl").addFilter(_QuietCustomConfig())
 
 
 class VideoEmotion(tfds.core.GeneratorBasedBuilder):
-  """VE-8-style emotion videos (frames + MFCC) from a manual directory."""
+  """Emotion videos (frames + MFCC) from a manual directory (VE-8 or Ekman-6 layout)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Frames + MFCC per video, manifest with skipped items."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-  Point manual_dir at the raw root: classInd.txt, <Class>/<name>.mp4 and
-  splits/trainlist%02d.txt / testlist%02d.txt (the VE-8 layout; the synthetic generator
-  `python -m data_pipelines.synthetic --out DIR` writes one).
+  Point manual_dir at the downloaded folder.
+  VideoEmotion-8: <Class>/<name>.<ext> for the 8 classes, plus either
+    splits/trainlist%02d.txt + testlist%02d.txt (or the same files in the root) or
+    VideoEmotionDataset-TrainTestSplits.xlsx (in the root or splits/); classInd.txt optional.
+    The synthetic generator `python -m data_pipelines.synthetic --out DIR` writes this layout.
+  Ekman-6 (layout="ekman6"): <class>/<id>.<ext> for anger, disgust, fear, joy, sadness,
+    surprise, plus CTEN's tools/annotations/ek6/{trainlist01,testlist01}.txt in splits/ (without
+    them, the alternating rule that produced them is applied to the files found).
   """
   BUILDER_CONFIG_CLASS = VideoEmotionConfig
 
   def __init__(self, *, num_workers: int = 1, **kwargs):
     self._num_workers = max(1, int(num_workers))
     self._report: dict[str, dict] = {}
+    self._plan: emotion_splits.SplitPlan | None = None
     super().__init__(**kwargs)
 
   @property
@@ -300,7 +252,7 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     n_mfcc = getattr(cfg, "n_mfcc", 32)
-    names = list(getattr(cfg, "class_names", VE8_CLASSES))
+    names = list(getattr(cfg, "class_names", None) or VE8_CLASSES)
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             # N, H and W vary per video: two or more unknown dims need a byte encoding
@@ -319,17 +271,14 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
     cfg = self.config
-    names = read_class_index(root)
-    if tuple(names) != cfg.class_names:
-      raise ValueError(f"{root}/classInd.txt lists {names}, config expects {list(cfg.class_names)}")
+    self._plan = emotion_splits.plan_split(
+        root, layout=cfg.layout, split_index=cfg.split_index, class_names=cfg.class_names,
+        split_file=cfg.split_file)
     self._report = {}
-    return {
-        split: self._generate_examples(
-            split, read_split_list(root, split, cfg.split_index, cfg.class_names))
-        for split in ("train", "test")
-    }
+    return {split: self._generate_examples(split, self._plan.items[split])
+            for split in emotion_splits.SPLITS}
 
-  def _generate_examples(self, split: str, items: list[_Item]):
+  def _generate_examples(self, split: str, items: list[emotion_splits.Item]):
     cfg = self.config
     report = self._report.setdefault(
         split, dict(listed=len(items), skipped=[], zero_audio=[], counts={}, seconds=0.0))
@@ -354,17 +303,18 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
     for s in report["skipped"]:
       logging.getLogger(__name__).warning("video_emotion %s: skipped %s", split, s["reason"])
     if not report["counts"]:
-      raise ValueError(f"video_emotion: split {split!r} has no usable video "
+      raise RawLayoutError(f"video_emotion: split {split!r} has no usable video "
                        f"({len(report['skipped'])} skipped: {report['skipped'][:3]} ...)")
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     super()._download_and_prepare(dl_manager, download_config)
     # Written into the temporary folder tfds renames at the end, so the manifest appears
     # atomically with the data and a finished build always has one.
-    write_manifest(self, self._report)
+    write_manifest(self, self._report, self._plan)
 
 
-def write_manifest(builder: VideoEmotion, report: dict) -> str:
+def write_manifest(builder: VideoEmotion, report: dict,
+                   plan: emotion_splits.SplitPlan | None = None) -> str:
   cfg = builder.config
   splits = {}
   for split, r in report.items():
@@ -374,10 +324,16 @@ def write_manifest(builder: VideoEmotion, report: dict) -> str:
         num_skipped=len(r["skipped"]), num_zero_audio=len(r["zero_audio"]),
         extract_seconds=r["seconds"])
   manifest = dict(
-      dataset="video_emotion", config=cfg.name, version=str(builder.version),
+      dataset="video_emotion", layout=cfg.layout, config=cfg.name, version=str(builder.version),
       splits=splits,
       skipped=[dict(split=s, **x) for s, r in report.items() for x in r["skipped"]],
       zero_audio=sorted(k for r in report.values() for k in r["zero_audio"]),
+      split_source=plan.source if plan else "",
+      # Videos in the class folders that no split lists, basenames found under several
+      # classes (one example per class), and remarks on how the split was read.
+      unlisted=plan.unlisted if plan else [],
+      multi_class=plan.multi_class if plan else {},
+      notes=plan.notes if plan else [],
       contract=cfg.contract(),
   )
   path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
@@ -422,7 +378,7 @@ def build_video_emotion(
   known = {f.name for f in dataclasses.fields(VideoEmotionConfig)}
   unknown = sorted(set(kwargs) - known)
   if unknown:
-    raise ValueError(f"video_emotion: unknown extraction setting(s) {unknown}; known: "
+    raise ExtractionConfigError(f"video_emotion: unknown extraction setting(s) {unknown}; known: "
                      f"{sorted(known - _BASE_CONFIG_FIELDS)}")
   config = VideoEmotionConfig(**kwargs)
   builder = VideoEmotion(data_dir=os.fspath(data_dir), config=config, num_workers=num_workers,

@@ -3,6 +3,12 @@
 Synthetic datasets are generated and extracted on first use when `dataset.auto_prepare` is set;
 real datasets must have been downloaded by the user (`dataset.manual_dir`), and a missing folder
 is a one-line error naming it.
+
+  "ve8"     VideoEmotion-8 as downloaded: <Class>/<name>.<ext> plus split lists or the split
+            workbook; `dataset.split` picks one of the 10 official splits.
+  "ekman6"  Ekman-6: <class>/<id>.<ext> plus CTEN's ID lists (else the alternating rule);
+            one split.
+`dataset.split_file` (optional) names the lists' folder or the .xlsx, relative to the raw folder.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from jaxaffect.errors import PathNotFound, UserError
 log = logging.getLogger(__name__)
 
 SYNTHETIC = ("synthetic_ve8",)
-REAL = ("ve8",)
+REAL = ("ve8", "ekman6")
+_LAYOUT = {"synthetic_ve8": "ve8", "ve8": "ve8", "ekman6": "ekman6"}
 
 
 def _expand(path: str) -> str:
@@ -42,12 +49,30 @@ def extraction_kwargs(ds) -> dict:
   kw["split"] = int(ds.get("split", 1))
   if not kw.get("fps"):
     kw["fps"] = None  # 0 in the config = native frame rate
+  if ds.name not in _LAYOUT:
+    raise UserError(f"dataset.name: unknown dataset {ds.name!r}; known: "
+                    f"{', '.join(SYNTHETIC + REAL)}")
+  kw["layout"] = _LAYOUT[ds.name]
+  if ds.get("split_file", ""):
+    kw["split_file"] = str(ds.split_file)
   return kw
+
+
+def _build(raw: str, data: str, ds, **kwargs):
+  """build_video_emotion with layout/config problems turned into one-line user errors."""
+  from data_pipelines.builders import video_emotion
+  try:
+    return video_emotion.build_video_emotion(raw, data, extraction_kwargs(ds), **kwargs)
+  except FileNotFoundError as e:
+    if isinstance(e, UserError):
+      raise
+    raise PathNotFound(f"dataset {ds.name}: {e}") from e
+  except (video_emotion.RawLayoutError, video_emotion.ExtractionConfigError) as e:
+    raise UserError(f"dataset {ds.name}: {e}") from e
 
 
 def prepare_video_emotion(ds) -> None:
   """Generates (synthetic only) and extracts the dataset if not done yet. Process 0 only."""
-  from data_pipelines.builders import video_emotion
   raw = raw_dir(ds)
   if ds.name in SYNTHETIC:
     if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
@@ -64,17 +89,16 @@ def prepare_video_emotion(ds) -> None:
     raise PathNotFound(f"dataset: raw data folder {raw} does not exist; download the dataset "
                     "there or set --config.dataset.manual_dir")
   os.makedirs(tfds_dir(ds), exist_ok=True)
-  video_emotion.build_video_emotion(raw, tfds_dir(ds), extraction_kwargs(ds))
+  _build(raw, tfds_dir(ds), ds)
 
 
 def video_emotion_source(ds, split: str):
   """The random-access source of one split (records as in the builder's features)."""
-  from data_pipelines.builders import video_emotion
   raw = raw_dir(ds)
   data = tfds_dir(ds)
   if not os.path.isdir(data):
     raise PathNotFound(f"dataset: data directory {data} does not exist; run the extraction first "
                     "(or enable dataset.auto_prepare for synthetic data)")
-  builder = video_emotion.build_video_emotion(raw, data, extraction_kwargs(ds), build=False)
+  builder = _build(raw, data, ds, build=False)
   log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
   return builder.as_data_source(split=split)

@@ -1,4 +1,4 @@
-"""Per-example online transforms: TSN sampling, square corner crops, flips, audio tiling.
+"""Per-example online transforms: TSN sampling, square corner crops, augmentation, audio tiling.
 
 Pure numpy and picklable (top-level classes only), so grain can run them in worker
 processes. All randomness comes from the `np.random.Generator` that grain's `random_map`
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Mapping
 
 import grain
@@ -17,6 +18,8 @@ import numpy as np
 # Square crop positions, drawn uniformly once per video in training (VAANet's
 # MultiScaleCornerCrop with scale 1): index 0 is the centre, used in evaluation.
 CROP_POSITIONS = ("c", "tl", "tr", "bl", "br")
+# Training augmentation families (TransformConfig.augment).
+AUGMENTS = ("none", "flip", "vaanet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +32,14 @@ class TransformConfig:
     crop_size: output side of the square crop.
     audio_segments: A, audio chunks.
     audio_frames_per_segment: F, MFCC frames per chunk (A*F frames in total).
-    flip_prob: probability of a horizontal flip per video (training only).
+    flip_prob: probability of a horizontal flip per video (training, augment="flip" only).
+    augment: training augmentation, drawn once per video and applied to every frame after the
+      crop. "flip": horizontal flip with `flip_prob` (the demo's). "vaanet": the original's
+      RandomApply(p=augment_prob) of a uniform choice among {horizontal flip, rotation by
+      U(-rotation_degrees, rotation_degrees) degrees, brightness factor U(brightness_min, 1)},
+      pixel-exact with PIL's rotate(BILINEAR) and ImageEnhance.Brightness on the crop.
+      "none": no augmentation.
+    augment_prob, rotation_degrees, brightness_min: parameters of augment="vaanet".
     polarity: per-class polarity table (1 positive, 0 negative); empty = no "polarity" key.
     legacy_random_eval: sample evaluation like training (random temporal starts and random
       corner crop, no flip), as the original code does (`center=False` for validation).
@@ -46,6 +56,21 @@ class TransformConfig:
   polarity: tuple[int, ...] = ()
   legacy_random_eval: bool = False
   legacy_start_off_by_one: bool = True
+  augment: str = "flip"
+  augment_prob: float = 0.3
+  rotation_degrees: float = 20.0
+  brightness_min: float = 0.5
+
+  def __post_init__(self):
+    if self.augment not in AUGMENTS:
+      raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+    for name in ("flip_prob", "augment_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+    if not 0.0 <= self.brightness_min <= 1.0:
+      raise ValueError(f"brightness_min must be in [0, 1], got {self.brightness_min}")
+    if self.rotation_degrees < 0:
+      raise ValueError(f"rotation_degrees must be >= 0, got {self.rotation_degrees}")
 
   @classmethod
   def create(cls, cfg: Any) -> "TransformConfig":
@@ -201,6 +226,107 @@ def crop_resize(frames: np.ndarray, position: int, size: int, flip: bool) -> np.
   return (y + 0.5).astype(np.uint8)
 
 
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoAugment:
+  """Augmentation of one video: the same on every frame (identity by default)."""
+  flip: bool = False
+  angle: float = 0.0        # degrees, counter-clockwise (PIL's convention)
+  brightness: float = 1.0   # multiplicative factor
+
+
+def draw_augment(cfg: TransformConfig, rng: np.random.Generator) -> VideoAugment:
+  """The per-video augmentation for training.
+
+  "vaanet" always consumes four draws (apply?, which, angle, factor), so the stream does not
+  depend on the outcome; "flip" consumes one, as before this option existed.
+  """
+  if cfg.augment == "flip":
+    return VideoAugment(flip=bool(rng.random() < cfg.flip_prob))
+  if cfg.augment == "vaanet":
+    u = rng.random()
+    which = int(rng.integers(3))
+    angle = float(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees))
+    factor = float(rng.uniform(cfg.brightness_min, 1.0))
+    if u >= cfg.augment_prob:
+      return VideoAugment()
+    return (VideoAugment(flip=True), VideoAugment(angle=angle),
+            VideoAugment(brightness=factor))[which]
+  return VideoAugment()
+
+
+@functools.lru_cache(maxsize=16)
+def _rotation_taps(height: int, width: int, angle: float) -> tuple[np.ndarray, ...]:
+  """Flat source indices (4 x [H*W]), fractions dx, dy and the in-image mask of a rotation.
+
+  Replicates PIL's Image.rotate(angle, BILINEAR) (expand=False, centre (W/2, H/2), black
+  fill): the inverse affine map with coefficients rounded to 15 decimals is applied to output
+  pixel centres; a source point outside [0, W) x [0, H) is black; inside, bilinear taps are
+  clamped to the border (a missing lower row repeats the upper one).
+  """
+  a = -math.radians(angle)
+  cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
+  cx, cy = width / 2, height / 2
+  m0, m1, m3, m4 = cos, sin, -sin, cos
+  m2 = m0 * -cx + m1 * -cy + cx
+  m5 = m3 * -cx + m4 * -cy + cy
+  ys, xs = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+  xin = (m0 * xs + m1 * ys + m2).ravel()
+  yin = (m3 * xs + m4 * ys + m5).ravel()
+  inside = (xin >= 0) & (xin < width) & (yin >= 0) & (yin < height)
+  xin, yin = xin - 0.5, yin - 0.5
+  x, y = np.floor(xin), np.floor(yin)
+  dx, dy = xin - x, yin - y
+  x, y = x.astype(np.int64), y.astype(np.int64)
+  x0, x1 = np.clip(x, 0, width - 1), np.clip(x + 1, 0, width - 1)
+  y0 = np.clip(y, 0, height - 1)
+  y1 = np.where(y + 1 < height, np.clip(y + 1, 0, height - 1), y0)
+  taps = tuple(yy * width + xx for yy in (y0, y1) for xx in (x0, x1))
+  out = (*taps, dx[:, None], dy[:, None], inside)
+  for arr in out:
+    arr.setflags(write=False)
+  return out
+
+
+_ROTATE_CHUNK = 16  # frames per pass: bounds the float64 temporaries to a few MB
+
+
+def rotate_frames(frames: np.ndarray, angle: float) -> np.ndarray:
+  """uint8 [N, H, W, C] rotated by `angle` degrees counter-clockwise, exactly as PIL does.
+
+  Float64 bilinear interpolation truncated to uint8, as PIL's 8-bit affine filter.
+  """
+  n, h, w, c = frames.shape
+  i00, i01, i10, i11, dx, dy, inside = _rotation_taps(h, w, float(angle))
+  flat = frames.reshape(n, h * w, c)
+  out = np.zeros((n, h * w, c), np.uint8)
+  for s in range(0, n, _ROTATE_CHUNK):
+    chunk = flat[s:s + _ROTATE_CHUNK].astype(np.float64)
+    p00, p01, p10, p11 = (chunk[:, i] for i in (i00, i01, i10, i11))
+    top = p00 + (p01 - p00) * dx
+    bottom = p10 + (p11 - p10) * dx
+    value = top + (bottom - top) * dy
+    out[s:s + _ROTATE_CHUNK] = np.where(inside[:, None], value, 0.0).astype(np.uint8)
+  return out.reshape(n, h, w, c)
+
+
+def adjust_brightness(frames: np.ndarray, factor: float) -> np.ndarray:
+  """uint8 frames scaled by `factor` as PIL's ImageEnhance.Brightness (float32, truncated)."""
+  lut = np.float32(factor) * np.arange(256, dtype=np.float32)
+  return np.clip(lut, 0, 255).astype(np.uint8)[frames]
+
+
+def apply_augment(frames: np.ndarray, aug: VideoAugment) -> np.ndarray:
+  """Rotation and brightness on cropped uint8 frames (the flip is folded into the resize)."""
+  if aug.angle:
+    frames = rotate_frames(frames, aug.angle)
+  if aug.brightness != 1.0:
+    frames = adjust_brightness(frames, aug.brightness)
+  return frames
+
+
 # ----------------------------------------------------------------------------- audio
 
 
@@ -242,9 +368,10 @@ class VideoAudioTransform(grain.transforms.RandomMap):
                         rng=rng if randomize else None,
                         off_by_one=cfg.legacy_start_off_by_one)
       position = int(rng.integers(len(CROP_POSITIONS))) if randomize else 0
-      flip = bool(self.train and rng.random() < cfg.flip_prob)
+      aug = draw_augment(cfg, rng) if self.train else VideoAugment()
       frames = video[idx.reshape(-1)]                          # only the sampled frames
-      frames = crop_resize(frames, position, cfg.crop_size, flip)
+      frames = crop_resize(frames, position, cfg.crop_size, aug.flip)
+      frames = apply_augment(frames, aug)
       out = {
           "video": frames.reshape(cfg.num_segments, cfg.snippet_len, cfg.crop_size,
                                   cfg.crop_size, 3),

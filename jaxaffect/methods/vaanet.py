@@ -108,6 +108,10 @@ class Method(base.Method):
   # ---- data ------------------------------------------------------------------------------------
   def _feature_cache(self, split):
     from jaxaffect import feature_cache
+    if not self.config.dataset.get("feature_cache", ""):
+      from jaxaffect.errors import UserError
+      raise UserError("model.visual_input='features' needs --config.dataset.feature_cache=DIR "
+                      "(built with python -m jaxaffect.feature_cache)")
     return feature_cache.CachedFeatures(self.config.dataset.feature_cache, split)
 
   def prepare_data(self):
