@@ -72,12 +72,13 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(path: str, abstract_params: Any) -> Any:
-  """Params-only initialisation (`init_from`).
+def restore_params(path: str, abstract_params: Any, abstract_model_state: Any = None) -> Any:
+  """Params-only initialisation (`init_from`) from another run.
 
   `path` is a workdir, its checkpoints dir, one step dir, or a params checkpoint written by
-  `save_params` (what the converters write). Every target parameter must be present with the
-  same shape; anything else saved there (optimizer state, iterator) is ignored.
+  `save_params`. Every target parameter must be present with the same shape; optimizer state
+  and iterator are ignored. With `abstract_model_state` (e.g. BatchNorm statistics), returns
+  (params, model_state), model_state None when the checkpoint holds none.
   """
   p = epath.Path(_abs(path))
   if not p.exists():
@@ -89,7 +90,11 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     p = p / str(max(steps))
   wrapped = (p / "state").exists()
   item_dir = p / "state" if wrapped else p
-  target = {"params": abstract_params} if wrapped else abstract_params
+  with_state = wrapped and abstract_model_state is not None and bool(
+      jax.tree.leaves(abstract_model_state))
+  target = ({"params": abstract_params, **({"model_state": abstract_model_state}
+                                           if with_state else {})}
+            if wrapped else abstract_params)
   restore_args = jax.tree.map(
       lambda x: ocp.ArrayRestoreArgs(sharding=getattr(x, "sharding", None), dtype=x.dtype,
                                      global_shape=x.shape), target)
@@ -101,7 +106,12 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     raise ValueError(f"init_from: {item_dir} does not match the model's parameters: {e}") from e
   params = restored["params"] if wrapped else restored
   _check_shapes(params, abstract_params, str(item_dir))
-  return params
+  if abstract_model_state is None:
+    return params
+  model_state = restored.get("model_state") if with_state else None
+  if model_state is not None:
+    _check_shapes(model_state, abstract_model_state, str(item_dir))
+  return params, model_state
 
 
 def _check_shapes(params, abstract_params, where: str) -> None:

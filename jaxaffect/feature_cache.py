@@ -43,7 +43,6 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
   import jax
   from tqdm import tqdm
 
-  from jaxaffect import checkpointing
   from jaxaffect import methods
   from jaxaffect.data import sources
   from jaxaffect.data import video_transforms
@@ -62,13 +61,16 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
   variables = net.init(jax.random.key(int(config.seed)), np.zeros(snippet, np.float32),
                        use_running_average=True)
   if config.get("init_from", ""):
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            {"visual_backbone": variables["params"]})
-    restored = checkpointing.restore_params(config.init_from, abstract)
-    variables = {"params": restored["visual_backbone"],
-                 "batch_stats": variables["batch_stats"]}
-    log.warning("feature cache: backbone params from %s; BatchNorm statistics come from the "
-                "checkpoint only if it holds them", config.init_from)
+    from jaxaffect.convert import store as convert_store
+    if not convert_store.is_converted(config.init_from):
+      raise ValueError(f"feature cache: init_from={config.init_from} must be a converted "
+                       "checkpoint (python -m jaxaffect.convert hara3d|vaanet ...)")
+    params, state = convert_store.restore_converted(
+        config.init_from, {"visual_backbone": variables["params"]},
+        {"batch_stats": {"visual_backbone": variables["batch_stats"]}})
+    variables = {"params": params["visual_backbone"],
+                 "batch_stats": state["batch_stats"]["visual_backbone"]}
+    log.info("feature cache: backbone and its BatchNorm statistics from %s", config.init_from)
   else:
     log.warning("feature cache: no config.init_from, the backbone is randomly initialised")
 

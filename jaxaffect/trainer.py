@@ -91,11 +91,26 @@ def initial_state(s: steps_lib.Setup, config, ckpt: checkpointing.Checkpointer |
       state = ckpt.restore(latest, s.abstract_state, train_iter)
       return state, int(latest)
     state = s.init_fn(jax.random.key(int(config.seed)))
-    if config.get("init_from", ""):
-      params = checkpointing.restore_params(config.init_from, s.abstract_state["params"])
-      state = dict(state, params=params)
-      log.info("initialised params from %s", config.init_from)
+    for path in filter(None, (p.strip() for p in str(config.get("init_from", "")).split(","))):
+      state = _init_from(s, state, path)
   return state, 0
+
+
+def _init_from(s: steps_lib.Setup, state, path: str):
+  """Params (and model state such as BatchNorm statistics) from a converted checkpoint (its
+  subtrees only; the rest keeps its init) or from another run's workdir/step (everything)."""
+  from jaxaffect.convert import store as convert_store
+  if convert_store.is_converted(path):
+    ignore = ("visual_backbone",) if getattr(s.method, "visual_input", "") == "features" else ()
+    params, model_state = convert_store.restore_converted(
+        path, state["params"], state["model_state"], ignore_subtrees=ignore)
+    log.info("initialised %s from converted checkpoint %s",
+             ", ".join((convert_store.read_meta(path) or {}).get("subtrees", [])), path)
+    return dict(state, params=params, model_state=model_state)
+  params, model_state = checkpointing.restore_params(
+      path, s.abstract_state["params"], s.abstract_state["model_state"])
+  log.info("initialised params%s from %s", " and model state" if model_state else "", path)
+  return dict(state, params=params, model_state=model_state or state["model_state"])
 
 
 def evaluate(s: steps_lib.Setup, config, state) -> dict[str, float]:

@@ -79,6 +79,23 @@ def test_torch_pickle_reads_torch_save(tmp_path, zip_format):
   np.testing.assert_array_equal(got["nested"][2]["y"], np.ones(1, np.float32))
 
 
+def test_torch_pickle_reads_2018_era_records(tmp_path):
+  """Legacy files from torch 0.3/0.4 on GPU (Hara's 2018 weights) name torch.cuda storages and
+  the v1 rebuild function: emulate them by rewriting the protocol-2 GLOBAL records."""
+  sd = {"module.conv1.weight": torch.randn(4, 3, 7, 7, 7), "module.fc.bias": torch.randn(4)}
+  path = tmp_path / "old.pth"
+  torch.save({"state_dict": sd, "arch": "resnet-101"}, path, _use_new_zipfile_serialization=False)
+  data = path.read_bytes()
+  for old, new in ((b"torch._utils\n_rebuild_tensor_v2\n", b"torch._utils\n_rebuild_tensor\n"),
+                   (b"torch\nFloatStorage\n", b"torch.cuda\nFloatStorage\n")):
+    assert data.count(old) == 1
+    data = data.replace(old, new)
+  path.write_bytes(data)
+  got = torch_pickle.load(path)
+  for k, v in sd.items():
+    np.testing.assert_array_equal(got["state_dict"][k], v.numpy())
+
+
 def test_torch_pickle_rejects_non_checkpoints(tmp_path):
   p = tmp_path / "bad.pth"
   p.write_bytes(b"not a checkpoint at all")
@@ -90,7 +107,7 @@ def test_torch_pickle_rejects_non_checkpoints(tmp_path):
 
 def _hara_forward_parity(model_t, out_dir, depth, t_size, clip):
   model = ResNet3D(depth, 64, conv1_t_size=t_size)
-  abstract = converters._abstract_variables(model, clip, use_running_average=True)
+  abstract = converters.abstract_variables(model, clip, use_running_average=True)
   fresh = _zeros_like_abstract(abstract)
   params, state = store.restore_converted(
       out_dir, {"visual_backbone": fresh["params"]},
@@ -150,7 +167,7 @@ def test_hara_key_mapping_real_sizes(depth):
   conv = converters.hara3d({"state_dict": sd}, depth=depth)
   n_tensors = sum(not k.endswith("num_batches_tracked") for k in sd) - 2  # minus fc
   assert len(conv.used) == n_tensors
-  abstract = converters._abstract_variables(
+  abstract = converters.abstract_variables(
       ResNet3D(depth, 64), jax.ShapeDtypeStruct((1, 16, 112, 112, 3), np.float32),
       use_running_average=True)
   got = jax.tree.map(lambda a: a.shape, conv.variables)
@@ -219,7 +236,7 @@ def test_torchvision_resnet18_audio_backbone(tmp_path):
 
   model = ResNet2D(18, 64)
   x = np.random.RandomState(2).randn(2, 256, 32, 1).astype(np.float32) * 10
-  abstract = converters._abstract_variables(model, x, use_running_average=True)
+  abstract = converters.abstract_variables(model, x, use_running_average=True)
   rs = np.random.RandomState(5)  # a distinct "fresh init" to check the stem keeps it
   init = jax.tree.map(lambda s: rs.randn(*s.shape).astype(s.dtype) * 0.1, abstract)
   params, state = store.restore_converted(out, {"audio_backbone": init["params"]},
@@ -289,6 +306,18 @@ def test_vaanet_checkpoint_parity(tmp_path):
   for k in ("alpha", "beta", "gamma", "audio_gamma", "logits"):
     assert _max_rel(out_j[k], ref[k].numpy()) < 1e-4, k
 
+  # The trainer's --config.init_from takes the converted directory (params and BN statistics).
+  from jaxaffect import trainer
+  config.unlock()
+  config.init_from = out
+  s = trainer.setup(config, prepare_data=False)
+  loaded, start = trainer.initial_state(s, config, None)
+  assert start == 0
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(loaded["params"]))):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(jax.device_get(loaded["model_state"]))):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
 
 def test_vaanet_real_size_key_mapping():
   """The full-size released model (ResNet-101, S=12, A=16, 97,869,012 params) maps completely
@@ -302,6 +331,9 @@ def test_vaanet_real_size_key_mapping():
   assert n == 97_869_012
   assert conv.variables["params"]["visual_backbone"]["layer3_22"]["conv2"]["kernel"].shape == (
       3, 3, 3, 256, 256)
+  config.model.visual_input = "features"  # no backbone in that model: converted all the same
+  assert converters.vaanet({"state_dict": sd}, config).used == conv.used
+  config.model.visual_input = "frames"
   config.dataset.num_segments = 10
   with pytest.raises(ConversionError, match=r"ta_net\.fc\.weight: checkpoint shape \(12, 12\), "
                                             r"model expects \(10, 10\)"):
@@ -318,20 +350,40 @@ def test_restore_converted_rejects_partial_depth_mismatch(tmp_path):
   store.save_converted(out, conv)
   assert store.is_converted(out) and not store.is_converted(str(tmp_path))
   x = jax.ShapeDtypeStruct((1, 16, 112, 112, 3), np.float32)
-  a18 = converters._abstract_variables(ResNet3D(18, 64), x, use_running_average=True)
+  a18 = converters.abstract_variables(ResNet3D(18, 64), x, use_running_average=True)
   f18 = _zeros_like_abstract(a18)
   with pytest.raises(ConversionError, match=r"model variable params/visual_backbone/layer1_1/"
                                             r"conv1/kernel is not in the checkpoint"):
     store.restore_converted(out, {"visual_backbone": f18["params"]},
                             {"batch_stats": {"visual_backbone": f18["batch_stats"]}})
-  a10 = converters._abstract_variables(ResNet3D(10, 64), x, use_running_average=True)
-  f10 = jax.tree.map(lambda a: a + 7.0, _zeros_like_abstract(a10))
+  a10 = converters.abstract_variables(ResNet3D(10, 64), x, use_running_average=True)
+  # Fresh state as the trainer holds it: sharded jax.Arrays (restored onto the same shardings).
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+  shard = lambda spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+  f10 = jax.tree.map(lambda a: jax.device_put(a + 7.0, shard(())), _zeros_like_abstract(a10))
+  k = jax.device_put(f10["params"]["layer4_0"]["conv2"]["kernel"], shard((None,) * 4 + ("x",)))
+  f10["params"]["layer4_0"]["conv2"]["kernel"] = k
   other = {"w": np.full((3,), 5.0, np.float32)}
   params, state = store.restore_converted(
       out, {"visual_backbone": f10["params"], "head": other},
       {"batch_stats": {"visual_backbone": f10["batch_stats"]}})
   np.testing.assert_array_equal(params["head"]["w"], other["w"])  # outside: untouched
-  assert float(np.max(np.abs(params["visual_backbone"]["conv1"]["kernel"]))) == 0.0
+  p2, s2 = store.restore_converted(out, {"head": other}, {}, ignore_subtrees=("visual_backbone",))
+  assert p2 == {"head": other} and s2 == {}
+  got = params["visual_backbone"]["layer4_0"]["conv2"]["kernel"]
+  assert got.sharding == k.sharding and float(jax.numpy.max(jax.numpy.abs(got))) == 0.0
+  assert state["batch_stats"]["visual_backbone"]["bn1"]["var"].sharding == shard(())
+
+
+def test_cli_config_overrides():
+  path = os.path.join(ROOT, "configs", "vaanet_ve8.py")
+  c = cli.load_config(path + ":split=2", ["--config.model.visual_depth=50",
+                                          "--config.model.use_audio=false"])
+  assert (c.dataset.split, c.model.visual_depth, c.model.use_audio) == (2, 50, False)
+  with pytest.raises(cli.UserError, match="model.nope"):
+    cli.load_config(path, ["--config.model.nope=1"])
+  with pytest.raises(cli.UserError, match="unrecognised argument"):
+    cli.load_config(path, ["--depth=3"])
 
 
 def test_cli_subprocess_inspect_and_error_exit(tmp_path):

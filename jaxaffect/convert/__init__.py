@@ -8,7 +8,8 @@
   python -m jaxaffect.convert torchvision-resnet18 IN.pth OUT_DIR   (or torchvision-resnet --depth)
       torchvision ImageNet ResNet -> VAANet's audio_backbone; the ImageNet conv1 and fc are
       dropped, the model's 1-channel (7, 1) audio stem keeps its init.
-  python -m jaxaffect.convert vaanet --config configs/vaanet_ve8.py [--config.a.b=v ...] IN.pth OUT_DIR
+  python -m jaxaffect.convert vaanet --config configs/vaanet_ve8.py [--config.a.b=v ...] \
+      IN.pth OUT_DIR
       A checkpoint saved by the released VAANet code ({'epoch', 'state_dict', 'optimizer'}) ->
       all VAANet params and batch_stats for the model that config builds.
   python -m jaxaffect.convert inspect IN.pth

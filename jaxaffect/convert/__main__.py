@@ -51,7 +51,10 @@ def load_config(spec: str, overrides: list[str]):
         value = ast.literal_eval(raw)
       except (ValueError, SyntaxError):
         value = raw
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise UserError(f"--config.{key}={raw}: {e}") from e
   return config
 
 

@@ -54,8 +54,10 @@ def state_dict_of(obj: Any, source: str = "checkpoint") -> tuple[dict[str, np.nd
   else:
     sd = obj
   if not isinstance(sd, Mapping) or not sd:
-    raise ConversionError(f"{source}: no state_dict found (got {type(obj).__name__}"
-                          f"{' with keys ' + str(sorted(map(str, obj))[:8]) if isinstance(obj, Mapping) else ''})")
+    what = type(obj).__name__
+    if isinstance(obj, Mapping):
+      what += f" with keys {sorted(map(str, obj))[:8]}"
+    raise ConversionError(f"{source}: no state_dict found (got {what})")
   bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
   if bad:
     raise ConversionError(f"{source}: state_dict entries that are not tensors: {bad[:10]}")
@@ -76,7 +78,7 @@ def _unbox(tree):
   return nn.meta.unbox(tree)
 
 
-def _abstract_variables(model, *args, **kwargs) -> dict[str, Any]:
+def abstract_variables(model, *args, **kwargs) -> dict[str, Any]:
   import jax
   v = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a, **kwargs), *args)
   v = _unbox(dict(v))
@@ -146,7 +148,7 @@ def hara3d(obj: Any, *, depth: int | None = None, conv1_t_size: int | None = Non
   import jax
   model = ResNet3D(depth, 64, conv1_t_size=conv1_t_size)
   x = jax.ShapeDtypeStruct((1, 16, 112, 112, 3), np.float32)
-  abstract = _wrap(_abstract_variables(model, x, use_running_average=True), "visual_backbone")
+  abstract = _wrap(abstract_variables(model, x, use_running_average=True), "visual_backbone")
   mapped = keymap.map_state_dict(
       sd, abstract, {"visual_backbone": keymap.below()},
       drop={"fc.weight": "Kinetics classifier head (VAANet uses the layer4 map)",
@@ -175,7 +177,7 @@ def torchvision_resnet(obj: Any, *, depth: int | None = None,
   import jax
   model = ResNet2D(depth, 64)
   x = jax.ShapeDtypeStruct((1, 256, 32, 1), np.float32)
-  abstract = _wrap(_abstract_variables(model, x, use_running_average=True), "audio_backbone")
+  abstract = _wrap(abstract_variables(model, x, use_running_average=True), "audio_backbone")
   why_stem = "ImageNet 3-channel stem; VAANet's audio stem is a new 1-channel (7, 1) conv"
   mapped = keymap.map_state_dict(
       sd, abstract, {"audio_backbone": keymap.below()},
@@ -192,8 +194,15 @@ def torchvision_resnet(obj: Any, *, depth: int | None = None,
 
 def vaanet_abstract(config) -> dict[str, Any]:
   """The abstract {"params", "batch_stats"} of the VAANet the config builds (as the trainer)."""
+  import copy
+
   import jax
   from jaxaffect import methods
+  if config.model.get("visual_input", "frames") != "frames":
+    # A features-mode model has no backbone; convert the whole network all the same (the
+    # feature cache takes visual_backbone, the trainer the rest).
+    config = copy.deepcopy(config)
+    config.model.visual_input = "frames"
   method = methods.get_method(config)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
            for k, v in method.example_batch(1).items()}

@@ -174,8 +174,7 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], abstract: Mapping[str, 
     if key not in state_dict:
       missing.append(f"{key} (for {flax_path}, PyTorch shape {torch_shape(shape, leaf)})")
       continue
-    arr = np.asarray(state_dict[key]) if not isinstance(state_dict[key], np.ndarray) \
-        else state_dict[key]
+    arr = np.asarray(state_dict[key])
     want = torch_shape(shape, leaf)
     if not _shape_ok(tuple(arr.shape), want, leaf, len(shape)):
       mismatched.append(f"{key}: checkpoint shape {tuple(arr.shape)}, model expects {want} "

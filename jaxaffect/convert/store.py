@@ -67,19 +67,22 @@ def _saved_tree(path: str) -> dict[tuple[str, ...], Any]:
   return keymap.flatten(tree)
 
 
-def restore_converted(path: str, params: Any, model_state: Mapping[str, Any]
-                      ) -> tuple[Any, dict[str, Any]]:
+def restore_converted(path: str, params: Any, model_state: Mapping[str, Any], *,
+                      ignore_subtrees: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
   """Merges the converted checkpoint at `path` into fresh (params, model_state).
 
   params: the freshly initialised params tree; model_state: {"batch_stats": tree, ...}. Leaves
   may be jax.Arrays (restored onto the same shardings) or NumPy arrays. Returns new
   (params, model_state) with the covered variables replaced.
+  ignore_subtrees: top-level module names whose saved variables are deliberately not used
+    (e.g. "visual_backbone" for a VAANet trained from cached backbone features).
   """
   path = os.path.abspath(os.path.expanduser(path))
   meta = read_meta(path) or {}
-  saved = _saved_tree(path)
+  saved = {k: v for k, v in _saved_tree(path).items() if k[1] not in ignore_subtrees}
   fresh = keymap.flatten({"params": params, **dict(model_state)})
-  covered = meta.get("subtrees") or sorted({"/".join(k[:2]) for k in saved})
+  covered = [s for s in meta.get("subtrees") or sorted({"/".join(k[:2]) for k in saved})
+             if s.split("/")[1] not in ignore_subtrees]
   keep_init = tuple(meta.get("keep_init", ()))
 
   def under(p: str, prefixes) -> bool:
@@ -103,7 +106,7 @@ def restore_converted(path: str, params: Any, model_state: Mapping[str, Any]
     raise ConversionError("\n  ".join([head] + errors[:30] + (
         [f"... and {len(errors) - 30} more"] if len(errors) > 30 else [])))
 
-  restored = _restore(path, {k: fresh[k] for k in saved})
+  restored = _restore(path, {k: fresh[k] for k in saved}) if saved else {}
   merged = dict(fresh)
   merged.update(restored)
   tree = keymap.unflatten(merged)
@@ -126,5 +129,6 @@ def _restore(path: str, targets: Mapping[tuple[str, ...], Any]) -> dict[tuple[st
                            for k, v in targets.items()})
   restore_args = keymap.unflatten({k: args_for(v) for k, v in targets.items()})
   out = ocp.PyTreeCheckpointer().restore(
-      path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args))
+      path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                        partial_restore=True))  # ignore_subtrees: a subset
   return keymap.flatten(out)

@@ -216,8 +216,9 @@ def _materialize(obj: Any, seen: dict[int, Any] | None = None) -> Any:
 def _storage_dtype(storage_type) -> np.dtype:
   if isinstance(storage_type, _StorageType):
     return storage_type.dtype
-  if isinstance(storage_type, Opaque) or isinstance(storage_type, type):
-    raise TorchFileError(f"unsupported storage type {getattr(storage_type, 'qualname', storage_type)}")
+  if isinstance(storage_type, (Opaque, type)):
+    name = getattr(storage_type, "qualname", storage_type)
+    raise TorchFileError(f"unsupported storage type {name}")
   raise TorchFileError(f"unexpected storage type record {storage_type!r}")
 
 

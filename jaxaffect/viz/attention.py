@@ -263,12 +263,14 @@ def plot(result: dict[str, Any], out_path: str, true_label: str | None = None) -
   ax.set_title("temporal attention γ" + ("" if result.get("use_temporal_attention", True)
                                          else " (off: ones)"), fontsize=9)
   ax.set_xticks(np.arange(1, seg + 1))
+  ax.set_ylim(0, max(1.0, 1.1 * float(np.max(result["gamma"]))))
   if has_audio:
     ag = result["audio_gamma"]
     ax = fig.add_subplot(bottom[1])
     ax.bar(np.arange(1, len(ag) + 1), ag, color="tab:green")
     ax.set_xlabel("audio chunk")
     ax.set_title("audio temporal attention", fontsize=9)
+    ax.set_ylim(0, max(1.0, 1.1 * float(np.max(ag))))
   ax = fig.add_subplot(bottom[-1])
   probs, names = result["probs"], result["class_names"]
   pred = int(np.argmax(probs))
