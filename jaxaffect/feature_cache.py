@@ -60,19 +60,22 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
   snippet = (1, int(ds.snippet_len), int(ds.crop_size), int(ds.crop_size), 3)
   variables = net.init(jax.random.key(int(config.seed)), np.zeros(snippet, np.float32),
                        use_running_average=True)
-  if config.get("init_from", ""):
-    from jaxaffect.convert import store as convert_store
-    if not convert_store.is_converted(config.init_from):
-      raise ValueError(f"feature cache: init_from={config.init_from} must be a converted "
-                       "checkpoint (python -m jaxaffect.convert hara3d|vaanet ...)")
+  from jaxaffect.convert import store as convert_store
+  paths = [p.strip() for p in str(config.get("init_from", "")).split(",") if p.strip()]
+  # The converted checkpoint(s) covering the visual backbone (others, e.g. audio, are skipped).
+  paths = [p for p in paths if "params/visual_backbone" in
+           ((convert_store.read_meta(p) or {}).get("subtrees") or [])]
+  for path in paths:
     params, state = convert_store.restore_converted(
-        config.init_from, {"visual_backbone": variables["params"]},
-        {"batch_stats": {"visual_backbone": variables["batch_stats"]}})
+        path, {"visual_backbone": variables["params"]},
+        {"batch_stats": {"visual_backbone": variables["batch_stats"]}},
+        ignore_subtrees=_other_subtrees(convert_store.read_meta(path)))
     variables = {"params": params["visual_backbone"],
                  "batch_stats": state["batch_stats"]["visual_backbone"]}
-    log.info("feature cache: backbone and its BatchNorm statistics from %s", config.init_from)
-  else:
-    log.warning("feature cache: no config.init_from, the backbone is randomly initialised")
+    log.info("feature cache: backbone and its BatchNorm statistics from %s", path)
+  if not paths:
+    log.warning("feature cache: no converted visual backbone in config.init_from; the "
+                "backbone is randomly initialised")
 
   @jax.jit
   def backbone(video):  # [b, S, T, H, W, 3] uint8 -> [b, S, T', H', W', C]
@@ -131,6 +134,11 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
       json.dump(meta, fh, indent=2)
     os.replace(os.path.join(d, "meta.json.tmp"), os.path.join(d, "meta.json"))
     log.info("feature cache %s: %d examples x %d views", d, n, n_views)
+
+
+def _other_subtrees(meta) -> tuple[str, ...]:
+  names = {s.split("/")[1] for s in (meta or {}).get("subtrees") or [] if "/" in s}
+  return tuple(sorted(names - {"visual_backbone"}))
 
 
 def _store(d: str, name: str, values: np.ndarray, pos: int, n: int) -> None:
