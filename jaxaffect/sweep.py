@@ -316,7 +316,8 @@ class Runner:
       self._say(f"[{i}/{total}] {v.name}: ok in {v.seconds:.0f} s  {_headline(v.results)}")
     elif rc == 0:
       v.status = "incomplete"
-      v.message = "stopped before the end (preempted?); re-run the sweep to resume"
+      v.message = ("stopped by the signal" if self.stop.is_set() else
+                   "exited before the end (preempted?)") + "; re-run the sweep to resume"
       self._say(f"[{i}/{total}] {v.name}: incomplete after {v.seconds:.0f} s")
     else:
       v.status = "failed"
@@ -394,7 +395,11 @@ def write_tables(root: str, variants: Sequence[Variant], title: str) -> str:
 def existing_variants(root: str) -> list[Variant]:
   """Every variant folder under root (for --table-only without a variant list)."""
   out = []
-  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+  names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  # The order the sweep created them in (its spec file), then by name.
+  spec_time = lambda n: os.path.getmtime(os.path.join(root, n, SPEC_FILE)) if os.path.exists(
+      os.path.join(root, n, SPEC_FILE)) else float("inf")
+  for name in sorted(names, key=lambda n: (spec_time(n), n)):
     wd = os.path.join(root, name)
     if name.startswith(".") or not os.path.isdir(wd):
       continue
@@ -577,7 +582,7 @@ def _main(args, extra: list[str]) -> int:
   md = write_tables(args.root, variants, f"Sweep of `{args.config}` ({len(variants)} variants)")
   print("\n" + md + "\n")
   print(f"wrote {os.path.join(args.root, 'results.md')} and "
-        f"{os.path.join(args.root, 'results.csv')}; {len(todo)} run, "
+        f"{os.path.join(args.root, 'results.csv')}; {sum(v.seconds > 0 for v in todo)} run, "
         f"{sum(v.status == 'skipped' for v in variants)} skipped, {wall:.0f} s", flush=True)
   bad = [v for v in variants if v.status in ("failed", "incomplete")]
   for v in bad:

@@ -179,7 +179,7 @@ def test_aggregate_splits_mean_and_sample_std(tmp_path, capsys):
   assert top1["mean"] == pytest.approx(0.49, abs=1e-12)
   assert top1["std"] == pytest.approx(0.0605530, abs=1e-7)
   assert (top1["min"], top1["max"], top1["n"]) == (pytest.approx(0.40), pytest.approx(0.58), 10)
-  assert agg["metrics"]["eval/mean_class_accuracy"]["std"] == 0.0
+  assert agg["metrics"]["eval/mean_class_accuracy"]["std"] == pytest.approx(0.0, abs=1e-12)
   assert "eval/confusion" not in agg["metrics"] and agg["std"] == "sample (n-1)"
   assert agg["splits"] == list(range(1, 11))
   assert aggregate_splits.main([str(tmp_path / "split*"), "--format", "markdown"]) == 0

@@ -22,6 +22,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -44,7 +45,8 @@ def expand(paths: Sequence[str]) -> tuple[list[str], list[str]]:
   errors = []
   for p in paths:
     if glob.has_magic(p):
-      hits = sorted(h for h in glob.glob(os.path.expanduser(p)) if os.path.isdir(h))
+      hits = sorted((h for h in glob.glob(os.path.expanduser(p)) if os.path.isdir(h)),
+                    key=_natural)
       if not hits:
         errors.append(f"{p}: the pattern matches no folder")
       out.extend(hits)
@@ -57,6 +59,11 @@ def expand(paths: Sequence[str]) -> tuple[list[str], list[str]]:
       seen.add(key)
       unique.append(p)
   return unique, errors
+
+
+def _natural(path: str) -> list:
+  """Sort key that puts split2 before split10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,6 +120,8 @@ def load_runs(dirs: Sequence[str], expect: int = 10, errors: Sequence[str] = ()
                      metrics=metrics, config=config))
   if not runs and not errors:
     errors.append("no workdirs given")
+  if runs and all(r["split"] is not None for r in runs):
+    runs.sort(key=lambda r: r["split"])
   if expect > 0:
     errors += _check_splits(runs, expect)
   errors += _check_metrics(runs)

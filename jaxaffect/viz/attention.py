@@ -104,17 +104,21 @@ def decode_video(config, video_path: str, method) -> dict[str, np.ndarray]:
   return {"video": out["video"], "audio": out["audio"]}
 
 
-def feature_grid(model, snippet_len: int, crop: int, hw: int) -> tuple[int, int, int]:
+def feature_grid(method, snippet_len: int, crop: int, hw: int) -> tuple[int, int, int]:
   """(T', H', W') of the visual backbone's layer4 map for one snippet."""
   import jax
   import jax.numpy as jnp
   from jaxaffect.models.resnet3d import ResNet3D
   try:
-    bb = ResNet3D(model.visual_depth, model.visual_width, conv1_t_size=model.conv1_t_size,
-                  conv_impl=model.conv_impl)
-    x = jax.ShapeDtypeStruct((1, snippet_len, crop, crop, 3), jnp.float32)
-    shape = jax.eval_shape(lambda v: bb.init_with_output(jax.random.key(0), v,
-                                                         use_running_average=True)[0], x).shape
+    if hasattr(method, "backbone_feature_shape"):
+      shape = (1, *method.backbone_feature_shape())
+    else:
+      m = method.model
+      bb = ResNet3D(m.visual_depth, m.visual_width, conv1_t_size=m.conv1_t_size,
+                    conv_impl=m.conv_impl)
+      x = jax.ShapeDtypeStruct((1, snippet_len, crop, crop, 3), jnp.float32)
+      shape = jax.eval_shape(lambda v: bb.init_with_output(
+          jax.random.key(0), v, use_running_average=True)[0], x).shape
     grid = tuple(int(d) for d in shape[1:4])
   except Exception as e:  # pylint: disable=broad-except
     log.warning("could not trace the backbone for its grid (%s)", e)
@@ -144,6 +148,10 @@ def attention_maps(config, workdir: str, video_path: str, step: int | None = Non
   if not isinstance(method.model, VAANet):
     raise UserError(f"viz.attention draws VAANet's attentions; config.method={config.method!r} "
                     f"builds {type(method.model).__name__}")
+  if getattr(method, "visual_input", "frames") != "frames":
+    raise UserError("viz.attention runs the model on decoded frames; this workdir was trained "
+                    "on cached backbone features (model.visual_input="
+                    f"{method.visual_input!r}), so its checkpoint lacks the visual backbone")
   example = decode_video(config, video_path, method)
 
   ckpt = checkpointing.Checkpointer(ckpt_dir, every_steps=1, keep=1) if os.path.isdir(
@@ -180,7 +188,7 @@ def attention_maps(config, workdir: str, video_path: str, step: int | None = Non
   video = example["video"]
   seg, t_len, crop = video.shape[0], video.shape[1], video.shape[2]
   alpha = np.asarray(out["alpha"][0], np.float64)                 # [S, hw]
-  grid = feature_grid(model, t_len, crop, alpha.shape[-1])
+  grid = feature_grid(method, t_len, crop, alpha.shape[-1])
   logits = np.asarray(out["logits"][0], np.float64)
   probs = np.exp(logits - logits.max())
   probs /= probs.sum()
