@@ -13,12 +13,6 @@ from jaxaffect import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, smoke=False)
-  c = config_lib.sibling_config(__file__, "vaanet_ve8.py", "synthetic,smoke" if a.smoke
-                                else "synthetic")
-  if not a.smoke:
-    c.model.visual_depth = 10
-    c.model.visual_width = 16
-    c.model.audio_width = 16
-    c.model.visual_dim = 64
-    c.model.audio_dim = 32
-  return c
+  # Exactly configs/vaanet_ve8.py:synthetic (and :synthetic,smoke).
+  return config_lib.sibling_config(__file__, "vaanet_ve8.py", "synthetic,smoke" if a.smoke
+                                   else "synthetic")
