@@ -1,4 +1,4 @@
-"""CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...]."""
+"""CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...] [--gait]."""
 from __future__ import annotations
 
 import argparse
@@ -22,8 +22,15 @@ def main(argv=None) -> int:
   p.add_argument("--min-duration", type=float, default=2.0)
   p.add_argument("--max-duration", type=float, default=3.0)
   p.add_argument("--num-workers", type=int, default=None, help="processes (default: CPU count)")
+  p.add_argument("--gait", action="store_true",
+                 help="write the synthetic Emotion-Gait h5 layout instead (synthetic/gait.py)")
+  p.add_argument("--num-per-class", type=int, default=200, help="gaits per class (--gait)")
   a = p.parse_args(argv)
   try:
+    if a.gait:
+      from data_pipelines.synthetic import gait  # pylint: disable=g-import-not-at-top
+      gait.generate_emotion_gait_style(a.out, seed=a.seed, num_per_class=a.num_per_class)
+      return 0
     affect_world.generate_ve8_style(
         a.out, seed=a.seed, num_train_per_class=a.num_train_per_class,
         num_test_per_class=a.num_test_per_class, size=a.size, fps=a.fps, sr=a.sr,

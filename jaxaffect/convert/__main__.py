@@ -1,5 +1,5 @@
-"""CLI: python -m jaxaffect.convert {hara3d, torchvision-resnet, vaanet, inspect} ... (see
-jaxaffect/convert/__init__.py for usage)."""
+"""CLI: python -m jaxaffect.convert {hara3d, torchvision-resnet, vaanet, bpmgcn, inspect} ...
+(see jaxaffect/convert/__init__.py for usage)."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
                  help="config file[:arg] that builds the model, e.g. configs/vaanet_ve8.py; "
                       "add --config.a.b=value overrides after it")
   io_args(v)
+  g = sub.add_parser("bpmgcn", help="state_dict of the released BPM-GCN code -> BPMGCN")
+  g.add_argument("--fusion", choices=("code", "paper", "none"), default=None,
+                 help="fusion forward for the converted model (default: code when the "
+                      "checkpoint has fusion weights, else none)")
+  io_args(g)
   i = sub.add_parser("inspect", help="list the tensors of a .pth file (no torch needed)")
   i.add_argument("input")
   return p
@@ -117,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     depth = args.depth if args.depth is not None else (
         18 if args.command == "torchvision-resnet18" else None)
     conv = converters.torchvision_resnet(obj, depth=depth, source=args.input)
+  elif args.command == "bpmgcn":
+    from jaxaffect.convert import converters_bpmgcn
+    conv = converters_bpmgcn.bpmgcn(obj, fusion=args.fusion, source=args.input)
   else:
     config = load_config(args.config, extra)
     conv = converters.vaanet(obj, config, source=args.input)

@@ -2,7 +2,7 @@
 a class registered with `register`, or "module:Class" (plug-ins and tests)."""
 import importlib
 
-KNOWN = ("vaanet",)
+KNOWN = ("vaanet", "bpmgcn")
 _REGISTERED = {}
 
 

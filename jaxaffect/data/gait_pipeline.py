@@ -1,0 +1,234 @@
+"""Online input pipeline for skeleton gaits (emotion_gait records -> batches), plus sources.
+
+Same rules as pipeline.py (topology independence): global seeded shuffle + repeat + per-example
+random transform on the global stream, then batch to the per-process size and take every P-th
+batch; eval covers each example once, the last global batch padded ("_mask" False).
+
+Batch: "skeleton" float32 [B, T, 16, 3] (zeros on padded frames), "label" int32 [B],
+"mask" float32 [B, T] (1 on real frames); eval batches add "_mask" bool [B] and "key" (host).
+Augmentation is off by default (faithful to BPM-GCN's headline config, which trains on the raw
+coordinates); `rotate_deg` > 0 draws a rotation about the vertical axis in +-rotate_deg,
+`scale_jitter` > 0 a uniform scale in [1 - s, 1 + s]. Both act about the coordinate origin, so
+padded frames stay zero.
+
+Datasets (`dataset.name`): "synthetic_gait" (generated on first use into data_dir/raw, see
+data_pipelines/synthetic/gait.py) and "emotion_gait" (the downloaded release in
+`dataset.manual_dir`, else data_dir/raw/emotion_gait).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import zlib
+from typing import Any, Iterator, Mapping
+
+import grain
+import numpy as np
+
+from jaxaffect.data.pipeline import (_DEFAULT_PREFETCH_BATCHES, _PaddedSource,
+                                     _per_process_batch, _read_options, num_eval_batches)
+from jaxaffect.errors import PathNotFound, UserError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = ("synthetic_gait",)
+REAL = ("emotion_gait",)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaitAugmentConfig:
+  """Per-example training augmentation; all off by default."""
+  rotate_deg: float = 0.0       # Max |yaw| about the vertical axis, degrees.
+  scale_jitter: float = 0.0     # Scale drawn uniformly in [1 - s, 1 + s].
+  vertical_axis: int = 1        # Emotion-Gait is y-up.
+
+  @classmethod
+  def create(cls, cfg: "GaitAugmentConfig | Mapping[str, Any] | None") -> "GaitAugmentConfig":
+    if cfg is None or isinstance(cfg, cls):
+      return cfg or cls()
+    cfg = dict(cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+      raise UserError(f"gait augmentation: unknown key(s) {unknown}; known: {sorted(known)}")
+    out = cls(**cfg)
+    if out.rotate_deg < 0 or not 0 <= out.scale_jitter < 1 or out.vertical_axis not in (0, 1, 2):
+      raise UserError(f"gait augmentation out of range: {out}")
+    return out
+
+
+def _rotation(axis: int, angle: float) -> np.ndarray:
+  """3x3 rotation by `angle` about coordinate `axis` (applied as x @ R.T)."""
+  c, s = np.cos(angle), np.sin(angle)
+  i, j = [a for a in range(3) if a != axis]
+  r = np.eye(3)
+  r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+  return r
+
+
+def _to_str(v: Any) -> str:
+  return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
+
+
+class GaitTransform(grain.transforms.RandomMap):
+  """Record -> {"skeleton", "label", "mask"} (+ "key" for eval), with optional augmentation."""
+
+  def __init__(self, augment: GaitAugmentConfig | Mapping[str, Any] | None = None, *,
+               train: bool, keep_key: bool = False):
+    self._aug = GaitAugmentConfig.create(augment)
+    self._train = train
+    self._keep_key = keep_key
+
+  def random_map(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
+    skel = np.asarray(record["skeleton"], np.float32)
+    t = skel.shape[0]
+    mask = (np.arange(t) < int(record["num_frames"])).astype(np.float32)
+    if self._train and (self._aug.rotate_deg > 0 or self._aug.scale_jitter > 0):
+      angle = np.deg2rad(rng.uniform(-self._aug.rotate_deg, self._aug.rotate_deg))
+      scale = rng.uniform(1 - self._aug.scale_jitter, 1 + self._aug.scale_jitter)
+      m = (_rotation(self._aug.vertical_axis, angle) * scale).T.astype(np.float32)
+      skel = (skel @ m) * mask[:, None, None]  # Padded frames stay exactly zero.
+    out = dict(skeleton=skel, label=np.int32(record["label"]), mask=mask)
+    if self._keep_key:
+      out["key"] = _to_str(record["key"])
+    return out
+
+
+def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_index: int,
+                  process_count: int,
+                  augment: GaitAugmentConfig | Mapping[str, Any] | None = None,
+                  worker_count: int = 0, read_threads: int | None = None,
+                  prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
+  """Infinite, shuffled per-process batches; the global batch depends only on (seed, B).
+
+  `iter()` of the result is a grain iterator with get_state()/set_state().
+  """
+  if len(source) == 0:
+    raise ValueError("train source is empty")
+  local_bs = _per_process_batch(global_batch_size, process_count)
+  ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+        .random_map(GaitTransform(augment, train=True))
+        .batch(local_bs, drop_remainder=True)[process_index::process_count])
+  it_ds = ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, worker_count))
+  if worker_count > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return it_ds
+
+
+class _MaskedGaitTransform(grain.transforms.RandomMap):
+  def __init__(self):
+    self._inner = GaitTransform(None, train=False, keep_key=True)
+
+  def random_map(self, element: tuple[Any, bool], rng: np.random.Generator) -> dict:
+    record, real = element
+    out = self._inner.random_map(record, rng)
+    out["_mask"] = np.bool_(real)
+    return out
+
+
+def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
+                 process_count: int, read_threads: int | None = None,
+                 prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> Iterator[dict]:
+  """Per-process eval batches covering every example exactly once, in source order.
+
+  The last global batch is padded with copies of example 0 ("_mask" False); every process
+  yields the same number of batches; process p gets rows [p*b, (p+1)*b) of each global batch.
+  """
+  n = len(source)
+  if n == 0:
+    raise ValueError("eval source is empty")
+  local_bs = _per_process_batch(global_batch_size, process_count)
+  total = num_eval_batches(n, global_batch_size) * global_batch_size
+  ds = (grain.MapDataset.source(_PaddedSource(source, total)).seed(0)
+        .random_map(_MaskedGaitTransform())
+        .batch(local_bs, drop_remainder=True)[process_index::process_count])
+  return iter(ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, 0)))
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def _expand(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+_SYNTHETIC_KNOBS = ("elmd_fraction", "jitter_scale", "yaw_range_deg", "noise")
+
+
+def _synthetic_extra(syn) -> dict:
+  return {k: float(syn[k]) for k in _SYNTHETIC_KNOBS if k in syn}
+
+
+def raw_dir(ds) -> str:
+  if ds.get("manual_dir", ""):
+    return _expand(ds.manual_dir)
+  root = _expand(ds.data_dir)
+  if ds.name in SYNTHETIC:
+    syn = ds.synthetic
+    tag = f"seed{syn.seed}_n{syn.num_per_class}"
+    extra = _synthetic_extra(syn)
+    if extra:  # Non-default generator knobs get their own folder (the DONE marker checks them).
+      tag += f"_{zlib.crc32(repr(sorted(extra.items())).encode()):08x}"
+    return os.path.join(root, "raw", f"{ds.name}_{tag}")
+  return os.path.join(root, "raw", ds.name)
+
+
+def tfds_dir(ds) -> str:
+  return os.path.join(_expand(ds.data_dir), "tfds", os.path.basename(raw_dir(ds).rstrip("/")))
+
+
+def _extraction_kwargs(ds) -> dict:
+  if ds.name not in SYNTHETIC + REAL:
+    raise UserError(f"dataset.name: unknown gait dataset {ds.name!r}; known: "
+                    f"{', '.join(SYNTHETIC + REAL)}")
+  kw = dict(ds.extraction.to_dict()) if ds.get("extraction", None) is not None else {}
+  if "parts" in kw:
+    kw["parts"] = tuple(kw["parts"])
+  return kw
+
+
+def _build(ds, **kwargs):
+  from data_pipelines.builders import emotion_gait  # pylint: disable=g-import-not-at-top
+  try:
+    return emotion_gait.build_emotion_gait(raw_dir(ds), tfds_dir(ds), _extraction_kwargs(ds),
+                                           **kwargs)
+  except FileNotFoundError as e:
+    if isinstance(e, UserError):
+      raise
+    raise PathNotFound(f"dataset {ds.name}: {e}") from e
+  except (emotion_gait.RawLayoutError, emotion_gait.GaitConfigError) as e:
+    raise UserError(f"dataset {ds.name}: {e}") from e
+
+
+def prepare_emotion_gait(ds) -> None:
+  """Generates (synthetic only) and builds the dataset if not done yet. Process 0 only."""
+  raw = raw_dir(ds)
+  if ds.name in SYNTHETIC:
+    if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
+      raise PathNotFound(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
+    from data_pipelines.synthetic import gait  # pylint: disable=g-import-not-at-top
+    syn = ds.synthetic
+    extra = _synthetic_extra(syn)
+    gait.generate_emotion_gait_style(raw, seed=int(syn.seed),
+                                     num_per_class=int(syn.num_per_class), verbose=False,
+                                     **extra)
+  elif ds.name not in REAL:
+    raise UserError(f"dataset.name: unknown gait dataset {ds.name!r}; known: "
+                    f"{', '.join(SYNTHETIC + REAL)}")
+  if not os.path.isdir(raw):
+    raise PathNotFound(f"dataset: raw data folder {raw} does not exist; download Emotion-Gait "
+                       "there or set --config.dataset.manual_dir")
+  os.makedirs(tfds_dir(ds), exist_ok=True)
+  _build(ds, progress=False)
+
+
+def emotion_gait_source(ds, split: str):
+  """The random-access source of one split (records as in the builder's features)."""
+  data = tfds_dir(ds)
+  if not os.path.isdir(data):
+    raise PathNotFound(f"dataset: data directory {data} does not exist; build it first "
+                       "(or enable dataset.auto_prepare for synthetic data)")
+  builder = _build(ds, build=False)
+  log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
+  return builder.as_data_source(split=split)

@@ -1,0 +1,94 @@
+"""BPM-GCN (TAC 2024): gait emotion recognition from 3D skeletons.
+
+Model: jaxaffect.models.bpmgcn.BPMGCN (posture + movement streams, bilateral fusion, per-frame
+affective-feature regression). Loss as the released code: CE(posture logits) + CE(movement
+logits) + w * MSE(affective regression, the 31 STEP features computed from the skeleton).
+Predictions average the two streams' logits. Data: Emotion-Gait layout (h5 + labels) through
+the `emotion_gait` builder; batches "skeleton" [B, 48, 16, 3], "mask" [B, 48], "label" [B].
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxaffect.evaluation import classification
+from jaxaffect.methods import base
+from jaxaffect.models import bpmgcn as bpmgcn_model
+from jaxaffect.models import gait_features
+
+
+class Method(base.Method):
+  state_collections = ("batch_stats",)
+
+  def build_model(self):
+    kwargs = dict(self.config.model.to_dict())
+    kwargs.setdefault("num_classes", int(self.config.dataset.num_classes))
+    return bpmgcn_model.BPMGCN(**kwargs)
+
+  def example_batch(self, batch_size: int):
+    t, j = int(self.config.dataset.num_frames), 16
+    return {"skeleton": np.zeros((batch_size, t, j, 3), np.float32),
+            "mask": np.ones((batch_size, t), np.float32),
+            "label": np.zeros((batch_size,), np.int32)}
+
+  def model_inputs(self, batch):
+    return {"skeleton": batch["skeleton"], "frame_mask": batch["mask"] > 0}
+
+  def loss(self, params, model_state, batch, rng):
+    del rng
+    out, new_state = self.model.apply({"params": params, **model_state},
+                                      **self.model_inputs(batch), train=True,
+                                      mutable=list(self.state_collections))
+    labels = batch["label"]
+    lc = self.config.loss
+    ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels).mean()
+    ce_p, ce_m = ce(out["logits_posture"]), ce(out["logits_movement"])
+    loss = ce_p + ce_m
+    metrics = {"ce_posture": ce_p, "ce_movement": ce_m}
+    if float(lc.affective_weight) > 0:
+      mask = batch["mask"] > 0
+      target = jax.lax.stop_gradient(gait_features.affective_features(batch["skeleton"], mask))
+      err = jnp.square(out["affective"].astype(jnp.float32) - target)
+      if lc.get("mask_affective_padding", False):
+        m = mask[..., None].astype(jnp.float32)
+        mse = jnp.sum(err * m) / jnp.maximum(jnp.sum(m) * err.shape[-1], 1.0)
+      else:  # the released code: mean over every frame, padding included
+        mse = jnp.mean(err)
+      loss = loss + float(lc.affective_weight) * mse
+      metrics["affective_mse"] = mse
+    acc = jnp.mean((jnp.argmax(out["logits"], -1) == labels).astype(jnp.float32))
+    metrics["top1"] = acc
+    return loss, (metrics, dict(new_state))
+
+  def predict(self, params, model_state, batch):
+    out = self.model.apply({"params": params, **model_state}, **self.model_inputs(batch),
+                           train=False)
+    return {"logits": out["logits"].astype(jnp.float32)}
+
+  def eval_metrics(self, outputs, labels):
+    return classification.classification_metrics(
+        outputs["logits"], labels["label"], num_classes=int(self.config.dataset.num_classes),
+        class_names=tuple(self.config.dataset.get("class_names", ())))
+
+  def prepare_data(self):
+    from jaxaffect.data import gait_pipeline
+    gait_pipeline.prepare_emotion_gait(self.config.dataset)
+
+  def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    from jaxaffect.data import gait_pipeline
+    ds = self.config.dataset
+    src = gait_pipeline.emotion_gait_source(ds, "train")
+    aug = ds.get("augment", None)
+    return iter(gait_pipeline.train_dataset(
+        src, seed=seed, global_batch_size=global_batch_size, process_index=process_index,
+        process_count=process_count, augment=aug.to_dict() if aug is not None else None))
+
+  def eval_batches(self, *, global_batch_size, process_index, process_count):
+    from jaxaffect.data import gait_pipeline
+    ds = self.config.dataset
+    src = gait_pipeline.emotion_gait_source(ds, "test")
+    return gait_pipeline.eval_batches(src, global_batch_size=global_batch_size,
+                                      process_index=process_index, process_count=process_count)
