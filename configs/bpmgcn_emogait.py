@@ -63,8 +63,10 @@ def get_config(arg=None):
     c.schedule.boundaries = [e * STEPS_PER_EPOCH for e in (30, 60)]
     c.schedule.factors = [0.1, 0.1]
   if a.synthetic:
+    # Measured (2 CPU cores, ~3.5 s/step): lr 0.01 reaches held-out top-1 0.8625 at step 300
+    # (0.075 diverges on these raw, translating coordinates); the 0.90 target needs more work.
     c.total_steps = 300
-    c.optimizer.learning_rate = 0.05
+    c.optimizer.learning_rate = 0.01
     c.schedule.boundaries = [200, 260]
     c.schedule.factors = [0.1, 0.1]
     c.checkpoint.every_steps = 100
