@@ -7,7 +7,6 @@ arrays, so nothing is materialised on one device first.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,7 +14,6 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes over which the batch dimension is split.
@@ -143,12 +141,3 @@ def batch_divisor(mesh: Mesh) -> int:
 
 def describe(mesh: Mesh) -> str:
   return " ".join(f"{k}={v}" for k, v in mesh.shape.items())
-
-
-def log_param_shardings(params_sharding, params_abstract, limit: int = 12) -> None:
-  """Logs the largest parameters with their shardings (helps spot replicated giants)."""
-  leaves = jax.tree_util.tree_leaves_with_path(params_abstract)
-  shard_leaves = jax.tree.leaves(params_sharding)
-  rows = sorted(zip(leaves, shard_leaves), key=lambda r: -int(np.prod(r[0][1].shape)))[:limit]
-  for (path, x), s in rows:
-    log.info("param %s %s -> %s", jax.tree_util.keystr(path), tuple(x.shape), s.spec)

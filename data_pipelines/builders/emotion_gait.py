@@ -46,7 +46,9 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-MANIFEST_FILE = "manifest.json"
+from data_pipelines.builders import common as builders_common
+
+MANIFEST_FILE = builders_common.MANIFEST_FILE
 NUM_JOINTS = 16
 NUM_COORDS = 3
 LABEL_MAPPINGS = {
@@ -474,19 +476,5 @@ def build_emotion_gait(manual_dir, data_dir, config_kwargs: dict | None = None, 
                           f"{sorted(known - _BASE_CONFIG_FIELDS)}")
   config = EmotionGaitConfig(**kwargs)
   builder = EmotionGait(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
-  if os.path.exists(os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)):
-    return builder
-  if not build:
-    raise FileNotFoundError(f"{builder.data_dir}: emotion_gait is not built for these settings; "
-                            "run build_emotion_gait with build=True first")
-  if not os.path.isdir(os.fspath(manual_dir)):
-    raise FileNotFoundError(f"{manual_dir}: raw dataset directory not found")
-  download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
-  was_active = getattr(tqdm_utils, "_active", True)
-  tfds.display_progress_bar(progress)
-  try:
-    builder.download_and_prepare(download_config=download_config)
-  finally:
-    tfds.display_progress_bar(was_active)
-  return builder
+  return builders_common.open_or_build(builder, manual_dir, build=build, progress=progress,
+                                       how="build_emotion_gait with build=True")

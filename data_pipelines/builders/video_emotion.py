@@ -32,6 +32,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines.builders import common as builders_common
+
 from data_pipelines import media
 from data_pipelines.builders import emotion_splits
 # Re-exported: the raw-layout helpers lived here in the first version.
@@ -39,7 +41,7 @@ from data_pipelines.builders.emotion_splits import (  # noqa: F401
     EK6_CLASSES, LAYOUT_CLASSES, LAYOUTS, VE8_CLASSES, VIDEO_EXTENSIONS, RawLayoutError,
     read_class_index, read_split_list)
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = builders_common.MANIFEST_FILE
 NO_AUDIO_POLICIES = ("zeros", "skip")
 # Frames are stored as raw bytes: ArrayRecord already compresses each record (tfds writes
 # group_size:1 with the library's default codec), which here gave the same size as zlib
@@ -383,19 +385,5 @@ def build_video_emotion(
   config = VideoEmotionConfig(**kwargs)
   builder = VideoEmotion(data_dir=os.fspath(data_dir), config=config, num_workers=num_workers,
                          file_format="array_record")
-  if os.path.exists(os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)):
-    return builder
-  if not build:
-    raise FileNotFoundError(f"{builder.data_dir}: video_emotion is not built for these settings; "
-                            "run the extraction (build_video_emotion with build=True) first")
-  if not os.path.isdir(os.fspath(manual_dir)):
-    raise FileNotFoundError(f"{manual_dir}: raw dataset directory not found")
-  download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
-  was_active = getattr(tqdm_utils, "_active", True)
-  tfds.display_progress_bar(progress)
-  try:
-    builder.download_and_prepare(download_config=download_config)
-  finally:
-    tfds.display_progress_bar(was_active)
-  return builder
+  return builders_common.open_or_build(builder, manual_dir, build=build, progress=progress,
+                                       how="the extraction (build_video_emotion with build=True)")
