@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   ]
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
-      grad_clip_norm=0.0, lr_multipliers=[]))
+      grad_clip_norm=0.0, lr_multipliers=[], multi_steps=1))
   c.schedule = ml_collections.ConfigDict(dict(name="constant", warmup_steps=0, end_factor=0.0))
   c.frozen_params = ()
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3))

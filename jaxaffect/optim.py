@@ -1,7 +1,9 @@
 """Optax optimizer and learning-rate schedule built from the config.
 
 config.optimizer: name (adam | adamw | sgd), learning_rate, weight_decay, b1, b2, eps, momentum,
-  nesterov, grad_clip_norm (0 = off), lr_multipliers (list of [regex, factor]).
+  nesterov, grad_clip_norm (0 = off), lr_multipliers (list of [regex, factor]), multi_steps
+  (k > 1: optax.MultiSteps, one optimizer update per k train steps with their mean gradient;
+  schedules then count optimizer updates, total_steps // k of them).
 config.schedule: name (constant | cosine | warmup_cosine | linear | step), warmup_steps,
   end_factor, boundaries/factors for "step".
 config.frozen_params: regexes over "/"-joined parameter paths whose updates are zeroed (frozen
@@ -17,10 +19,17 @@ import optax
 from flax import traverse_util
 
 
+def multi_steps(config) -> int:
+  k = int(config.optimizer.get("multi_steps", 1) or 1)
+  if k < 1:
+    raise ValueError(f"optimizer.multi_steps must be >= 1, got {k}")
+  return k
+
+
 def make_schedule(config) -> Callable[[Any], Any]:
   opt, sch = config.optimizer, config.schedule
   lr = float(opt.learning_rate)
-  total = max(int(config.total_steps), 1)
+  total = max(int(config.total_steps) // multi_steps(config), 1)
   name = sch.get("name", "constant")
   warmup = int(sch.get("warmup_steps", 0))
   if name == "constant":
@@ -104,4 +113,7 @@ def make_optimizer(config, params) -> tuple[optax.GradientTransformation, Callab
   clip = float(opt.get("grad_clip_norm", 0.0) or 0.0)
   if clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  k = multi_steps(config)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
   return tx, schedule

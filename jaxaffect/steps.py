@@ -72,6 +72,7 @@ def _split_microbatches(batch, k: int):
 def build(config, method, mesh) -> Setup:
   rules = shd.rules_from_config(config)
   grad_accum = int(config.get("grad_accum_steps", 1) or 1)
+  k_updates = optim.multi_steps(config)  # train steps per optimizer update (optax.MultiSteps)
   init_batch_size = shd.batch_divisor(mesh)
   example = method.example_batch(init_batch_size)
   example_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example.items()}
@@ -159,7 +160,8 @@ def build(config, method, mesh) -> Setup:
         "model_state": keep(model_state, state["model_state"]),
         "opt_state": keep(opt_state, state["opt_state"]),
     }
-    out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step), "finite": finite}
+    out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step // k_updates),
+           "finite": finite}
     out.update(metrics)
     return new_state, out
 

@@ -128,14 +128,23 @@ def evaluate(s: steps_lib.Setup, config, state) -> dict[str, float]:
       keep = np.asarray(out.pop("_mask"), bool)
       for k, v in out.items():
         outputs.setdefault(k, []).append(np.asarray(v)[keep])
-  merged = {k: np.concatenate(v) for k, v in outputs.items()}
+  merged = {k: _merge(v) for k, v in outputs.items()}
   labels = {k: merged.pop(k) for k in method.eval_label_keys}
   return method.eval_metrics(merged, labels)
+
+
+def _merge(parts: list[np.ndarray]):
+  """Concatenates per-batch outputs; when their trailing shapes differ (variable-length batches
+  padded to different buckets) returns the list of per-example arrays instead."""
+  if len({p.shape[1:] for p in parts}) <= 1:
+    return np.concatenate(parts)
+  return [row for p in parts for row in p]
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   s = setup(config)
+  s.method.workdir = workdir
   total = int(config.total_steps)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=int(config.checkpoint.every_steps),
@@ -229,6 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def evaluate_only(config, workdir: str) -> dict[str, float]:
   """--mode eval: restores the latest checkpoint of `workdir` (or `init_from`) and evaluates."""
   s = setup(config)
+  s.method.workdir = workdir
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
   if ckpt.latest_step() is None and not config.get("init_from", ""):
     raise PathNotFound(f"--mode eval: no checkpoint under {ckpt.directory} and no "

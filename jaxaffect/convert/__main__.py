@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="fusion forward for the converted model (default: code when the "
                       "checkpoint has fusion weights, else none)")
   io_args(g)
+  t = sub.add_parser("tsl", help="state_dict of the released TSL-Net code "
+                                 "(model_seed_123.pkl) -> TSLNet")
+  io_args(t)
   i = sub.add_parser("inspect", help="list the tensors of a .pth file (no torch needed)")
   i.add_argument("input")
   return p
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
   elif args.command == "bpmgcn":
     from jaxaffect.convert import converters_bpmgcn
     conv = converters_bpmgcn.bpmgcn(obj, fusion=args.fusion, source=args.input)
+  elif args.command == "tsl":
+    from jaxaffect.convert import converters_tsl
+    conv = converters_tsl.tsl(obj, source=args.input)
   else:
     config = load_config(args.config, extra)
     conv = converters.vaanet(obj, config, source=args.input)

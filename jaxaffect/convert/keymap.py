@@ -7,6 +7,7 @@ BatchNorm's optional `num_batches_tracked` is consumed with it. A per-converter 
 first path component (e.g. visual_backbone -> "resnet" with Sequential indices).
 
 Layouts: Conv3d [o, i, t, h, w] -> kernel [t, h, w, i, o]; Conv2d [o, i, h, w] -> [h, w, i, o];
+Conv1d [o, i, k] -> [k, i, o];
 Linear [o, i] and Conv1d(k=1) [o, i, 1] -> Dense kernel [i, o]; vectors as they are.
 
 Every problem is collected and raised together as one ConversionError naming each key: a model
@@ -101,6 +102,8 @@ def torch_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
     return (s[4], s[3], s[0], s[1], s[2])
   if leaf == "kernel" and len(s) == 4:
     return (s[3], s[2], s[0], s[1])
+  if leaf == "kernel" and len(s) == 3:
+    return (s[2], s[1], s[0])
   if leaf == "kernel" and len(s) == 2:
     return (s[1], s[0])
   return s
@@ -112,6 +115,8 @@ def to_flax(arr: np.ndarray, leaf: str, ndim: int) -> np.ndarray:
     return arr.transpose(2, 3, 4, 1, 0)
   if leaf == "kernel" and ndim == 4:
     return arr.transpose(2, 3, 1, 0)
+  if leaf == "kernel" and ndim == 3:
+    return arr.transpose(2, 1, 0)
   if leaf == "kernel" and ndim == 2:
     if arr.ndim == 3:  # Conv1d(k=1) weight [o, i, 1]
       arr = arr[..., 0]

@@ -72,5 +72,9 @@ class Method(abc.ABC):
   def prepare_data(self) -> None:
     """Builds what the data needs (generation/extraction); runs on process 0 only."""
 
+  # The run's workdir, set by the trainer before training/evaluation (None elsewhere): methods
+  # may write evaluation artifacts (e.g. prediction files) below it.
+  workdir: str | None = None
+
   # Keys of the eval batch kept on the host for metrics (e.g. labels).
   eval_label_keys: tuple[str, ...] = ("label",)

@@ -199,7 +199,10 @@ class BatchNorm(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
 
   @nn.compact
-  def __call__(self, x: Array, use_running_average: bool | None = None) -> Array:
+  def __call__(self, x: Array, use_running_average: bool | None = None, *,
+               mask: Array | None = None) -> Array:
+    """`mask` (broadcastable to x without its last axis, True = real): batch statistics over
+    the real entries only (padded sequences); the output is computed everywhere."""
     use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
     feat = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((feat,), jnp.float32))
@@ -211,12 +214,18 @@ class BatchNorm(nn.Module):
       mean, var = ra_mean.value, ra_var.value
     else:
       axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axes)
-      # One fused pass (E[x^2] - E[x]^2) in float32; clamp the rounding below zero.
-      var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
-      if not self.is_initializing():
+      if mask is None:
+        mean = jnp.mean(xf, axes)
+        # One fused pass (E[x^2] - E[x]^2) in float32; clamp the rounding below zero.
+        var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
         n = math.prod(x.shape[:-1])
-        upd_var = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
+      else:
+        w = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:-1])[..., None]
+        n = jnp.maximum(jnp.sum(w), 1.0)
+        mean = jnp.sum(xf * w, axes) / n
+        var = jnp.maximum(jnp.sum(jnp.square(xf) * w, axes) / n - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        upd_var = var * (n / jnp.maximum(n - 1, 1)) if self.unbiased_running_var else var
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
         ra_var.value = m * ra_var.value + (1.0 - m) * upd_var
