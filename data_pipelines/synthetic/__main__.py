@@ -1,4 +1,5 @@
-"""CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...] [--gait]."""
+"""CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...] [--gait|--tsl].
+"""
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,22 @@ def main(argv=None) -> int:
   p.add_argument("--gait", action="store_true",
                  help="write the synthetic Emotion-Gait h5 layout instead (synthetic/gait.py)")
   p.add_argument("--num-per-class", type=int, default=200, help="gaits per class (--gait)")
+  p.add_argument("--tsl", action="store_true",
+                 help="write the synthetic TSL-300 feature layout instead (synthetic/untrimmed.py)")
+  p.add_argument("--num-train", type=int, default=160, help="train videos (--tsl)")
+  p.add_argument("--num-test", type=int, default=40, help="test videos (--tsl)")
+  p.add_argument("--min-snippets", type=int, default=48, help="16-frame snippets (--tsl)")
+  p.add_argument("--max-snippets", type=int, default=256, help="16-frame snippets (--tsl)")
   a = p.parse_args(argv)
   try:
+    if a.gait and a.tsl:
+      raise ValueError("--gait and --tsl exclude each other")
+    if a.tsl:
+      from data_pipelines.synthetic import untrimmed  # pylint: disable=g-import-not-at-top
+      untrimmed.generate_tsl_style(a.out, seed=a.seed, num_train=a.num_train,
+                                   num_test=a.num_test, min_snippets=a.min_snippets,
+                                   max_snippets=a.max_snippets)
+      return 0
     if a.gait:
       from data_pipelines.synthetic import gait  # pylint: disable=g-import-not-at-top
       gait.generate_emotion_gait_style(a.out, seed=a.seed, num_per_class=a.num_per_class)

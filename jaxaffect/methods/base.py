@@ -56,7 +56,8 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def eval_metrics(self, outputs: dict[str, np.ndarray], batches: dict[str, np.ndarray]
                    ) -> dict[str, float]:
-    """Metrics from all eval examples (padding already removed)."""
+    """Metrics from all eval examples (padding already removed). An output whose per-example
+    shape varies between batches (variable-length inputs) is a list of per-example arrays."""
 
   # ---- data --------------------------------------------------------------------------------
   @abc.abstractmethod
