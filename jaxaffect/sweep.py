@@ -60,13 +60,46 @@ PRESETS: dict[str, list[tuple[str, dict[str, str]]]] = {
         ("no_audio", {"model.use_audio": "False"}),
         ("no_pcce", {"loss.name": "ce"}),
     ],
+    # BPM-GCN's ablation rows (configs/bpmgcn_emogait.py; paper Tables VI, XI, XIII, XIV):
+    # BPM-GCN* (code fusion), the paper's product fusion, BPM-GCN (no fusion), without the
+    # affective constraint (head removed), and each stream trained alone.
+    "bpmgcn_ablations": [
+        ("baseline", {}),
+        ("fusion_paper", {"model.fusion": "paper"}),
+        ("no_affective", {"loss.affective_weight": "0.0", "model.affective_head": "False"}),
+        ("no_fusion", {"model.fusion": "none"}),
+        ("no_fusion_no_affective", {"model.fusion": "none", "loss.affective_weight": "0.0",
+                                    "model.affective_head": "False"}),
+        ("posture_only", {"model.streams": "posture", "model.fusion": "none"}),
+        ("posture_only_no_affective", {"model.streams": "posture", "model.fusion": "none",
+                                       "loss.affective_weight": "0.0",
+                                       "model.affective_head": "False"}),
+        ("movement_only", {"model.streams": "movement", "model.fusion": "none",
+                           "loss.affective_weight": "0.0"}),
+    ],
+    # TSL-Net's ablation rows (configs/tsl_tsl300.py; paper Tables 2, 4, 6): video-level loss
+    # only, + frame-by-frame (points, no pseudo labels), no pseudo labels, no CPC alignment,
+    # each stream alone, and the paper's CPC sign.
+    "tsl_ablations": [
+        ("baseline", {}),
+        ("video_only", {"loss.frame": "False", "loss.background": "False",
+                        "loss.pseudo_action": "False", "loss.cpc": "False"}),
+        ("video_frame", {"loss.background": "False", "loss.pseudo_action": "False",
+                         "loss.cpc": "False"}),
+        ("no_pseudo_labels", {"loss.background": "False", "loss.pseudo_action": "False"}),
+        ("no_cpc", {"loss.cpc": "False"}),
+        ("visual_only", {"model.modalities": "visual"}),
+        ("audio_only", {"model.modalities": "audio"}),
+        ("cpc_paper_sign", {"loss.cpc_sign": "-1.0"}),
+    ],
 }
 
 RESULTS_FILE = "results.json"
 SPEC_FILE = "sweep_variant.json"
 LOG_FILE = "sweep.log"
 # Metrics shown first (when present); the rest follow in sorted order.
-_METRIC_ORDER = ("eval/top1", "eval/mean_class_accuracy", "eval/polarity_accuracy",
+_METRIC_ORDER = ("eval/average_mAP", "eval/mAP@0.10", "eval/mAP@0.30",
+                 "eval/top1", "eval/mean_class_accuracy", "eval/polarity_accuracy",
                  "eval/num_examples")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -327,8 +360,8 @@ class Runner:
 
 
 def _headline(results: dict) -> str:
-  return " ".join(f"{k}={results[k]:.4g}" for k in _METRIC_ORDER[:2]
-                  if isinstance(results.get(k), (int, float)))
+  present = [k for k in _METRIC_ORDER if isinstance(results.get(k), (int, float))]
+  return " ".join(f"{k}={results[k]:.4g}" for k in present[:2])
 
 
 # ------------------------------------------------------------------------------ tables

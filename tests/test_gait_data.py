@@ -243,3 +243,31 @@ def test_sources_generate_build_and_open_synthetic(tmp_path):
   assert b["_mask"].sum() == 4 and np.all(np.isfinite(b["skeleton"]))
   assert np.all((b["mask"].sum(1) >= 27) & (b["mask"].sum(1) <= 48))
   gp.prepare_emotion_gait(ds)  # idempotent
+
+
+def test_centring_modes_are_exact_and_keep_padding_zero():
+  src = _toy_source(3)
+  rec = src[1]
+  n, skel = int(rec["num_frames"]), rec["skeleton"]
+  mask = (np.arange(48) < n).astype(np.float32)
+  assert gp.center_skeleton(skel, mask, "none") is skel
+  root = gp.center_skeleton(skel, mask, "root")
+  assert np.all(root[:n, 0] == 0) and np.all(root[n:] == 0)
+  np.testing.assert_allclose(root[:n], skel[:n] - skel[:n, :1], atol=1e-6)
+  seq = gp.center_skeleton(skel, mask, "sequence")
+  np.testing.assert_allclose(seq[:n, 0].mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(np.diff(seq[:n], axis=0), np.diff(skel[:n], axis=0), atol=1e-5)
+  assert np.all(seq[n:] == 0)
+  with pytest.raises(Exception, match="dataset.center"):
+    gp.center_skeleton(skel, mask, "pelvis")
+  # Train and eval batches apply the same centring.
+  b = next(iter(gp.train_dataset(src, seed=0, global_batch_size=3, process_index=0,
+                                 process_count=1, center="root")))
+  e = next(gp.eval_batches(src, global_batch_size=3, process_index=0, process_count=1,
+                           center="root"))
+  for batch in (b, e):
+    for row in range(3):
+      k = int(batch["mask"][row].sum())
+      ref = next(r for r in src if int(r["num_frames"]) == k)["skeleton"]
+      np.testing.assert_allclose(batch["skeleton"][row][:k], ref[:k] - ref[:k, :1], atol=1e-6)
+      assert np.all(batch["skeleton"][row][k:] == 0)

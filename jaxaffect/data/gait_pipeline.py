@@ -6,10 +6,20 @@ batch; eval covers each example once, the last global batch padded ("_mask" Fals
 
 Batch: "skeleton" float32 [B, T, 16, 3] (zeros on padded frames), "label" int32 [B],
 "mask" float32 [B, T] (1 on real frames); eval batches add "_mask" bool [B] and "key" (host).
+Centring (`dataset.center`, train and eval alike, before augmentation; padded frames stay zero):
+  "none"      the raw coordinates (default; the released BPM-GCN feeder does not normalise);
+  "root"      per frame, the root joint (0) is subtracted from every joint: body-relative
+              posture, as 2s-AGCN's NTU pre-normalisation does with its centre joint. The
+              movement stream (differences of these coordinates) then sees motion relative to
+              the root; the global walking velocity is removed;
+  "sequence"  the mean root position over the valid frames is subtracted from every frame: the
+              clip is moved to the origin, its trajectory and velocities are kept.
+The 31 affective features are translation invariant, so the regression target is the same in
+every mode.
 Augmentation is off by default (faithful to BPM-GCN's headline config, which trains on the raw
 coordinates); `rotate_deg` > 0 draws a rotation about the vertical axis in +-rotate_deg,
-`scale_jitter` > 0 a uniform scale in [1 - s, 1 + s]. Both act about the coordinate origin, so
-padded frames stay zero.
+`scale_jitter` > 0 a uniform scale in [1 - s, 1 + s]. Both act about the coordinate origin
+(the root after "root" centring), so padded frames stay zero.
 
 Datasets (`dataset.name`): "synthetic_gait" (generated on first use into data_dir/raw, see
 data_pipelines/synthetic/gait.py) and "emotion_gait" (the downloaded release in
@@ -58,6 +68,30 @@ class GaitAugmentConfig:
     return out
 
 
+CENTER_MODES = ("none", "root", "sequence")
+
+
+def check_center(center: str) -> str:
+  if center not in CENTER_MODES:
+    raise UserError(f"dataset.center: unknown mode {center!r}; known: {', '.join(CENTER_MODES)}")
+  return center
+
+
+def center_skeleton(skel: np.ndarray, mask: np.ndarray, center: str) -> np.ndarray:
+  """skel [T, J, 3], mask [T] (1 on valid frames) -> centred skel (see the module docstring)."""
+  check_center(center)
+  if center == "none":
+    return skel
+  m = mask[:, None, None].astype(skel.dtype)
+  if center == "root":
+    return (skel - skel[:, :1, :]) * m
+  n = float(mask.sum())
+  if n == 0:
+    return skel
+  root = (skel[:, 0, :] * mask[:, None]).sum(0) / n
+  return (skel - root[None, None, :].astype(skel.dtype)) * m
+
+
 def _rotation(axis: int, angle: float) -> np.ndarray:
   """3x3 rotation by `angle` about coordinate `axis` (applied as x @ R.T)."""
   c, s = np.cos(angle), np.sin(angle)
@@ -75,15 +109,17 @@ class GaitTransform(grain.transforms.RandomMap):
   """Record -> {"skeleton", "label", "mask"} (+ "key" for eval), with optional augmentation."""
 
   def __init__(self, augment: GaitAugmentConfig | Mapping[str, Any] | None = None, *,
-               train: bool, keep_key: bool = False):
+               train: bool, keep_key: bool = False, center: str = "none"):
     self._aug = GaitAugmentConfig.create(augment)
     self._train = train
     self._keep_key = keep_key
+    self._center = check_center(center)
 
   def random_map(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict:
     skel = np.asarray(record["skeleton"], np.float32)
     t = skel.shape[0]
     mask = (np.arange(t) < int(record["num_frames"])).astype(np.float32)
+    skel = center_skeleton(skel, mask, self._center)
     if self._train and (self._aug.rotate_deg > 0 or self._aug.scale_jitter > 0):
       angle = np.deg2rad(rng.uniform(-self._aug.rotate_deg, self._aug.rotate_deg))
       scale = rng.uniform(1 - self._aug.scale_jitter, 1 + self._aug.scale_jitter)
@@ -98,7 +134,7 @@ class GaitTransform(grain.transforms.RandomMap):
 def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_index: int,
                   process_count: int,
                   augment: GaitAugmentConfig | Mapping[str, Any] | None = None,
-                  worker_count: int = 0, read_threads: int | None = None,
+                  center: str = "none", worker_count: int = 0, read_threads: int | None = None,
                   prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
   """Infinite, shuffled per-process batches; the global batch depends only on (seed, B).
 
@@ -108,7 +144,7 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
     raise ValueError("train source is empty")
   local_bs = _per_process_batch(global_batch_size, process_count)
   ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-        .random_map(GaitTransform(augment, train=True))
+        .random_map(GaitTransform(augment, train=True, center=center))
         .batch(local_bs, drop_remainder=True)[process_index::process_count])
   it_ds = ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, worker_count))
   if worker_count > 0:
@@ -117,8 +153,8 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
 
 
 class _MaskedGaitTransform(grain.transforms.RandomMap):
-  def __init__(self):
-    self._inner = GaitTransform(None, train=False, keep_key=True)
+  def __init__(self, center: str = "none"):
+    self._inner = GaitTransform(None, train=False, keep_key=True, center=center)
 
   def random_map(self, element: tuple[Any, bool], rng: np.random.Generator) -> dict:
     record, real = element
@@ -128,7 +164,7 @@ class _MaskedGaitTransform(grain.transforms.RandomMap):
 
 
 def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
-                 process_count: int, read_threads: int | None = None,
+                 process_count: int, center: str = "none", read_threads: int | None = None,
                  prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> Iterator[dict]:
   """Per-process eval batches covering every example exactly once, in source order.
 
@@ -141,7 +177,7 @@ def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
   local_bs = _per_process_batch(global_batch_size, process_count)
   total = num_eval_batches(n, global_batch_size) * global_batch_size
   ds = (grain.MapDataset.source(_PaddedSource(source, total)).seed(0)
-        .random_map(_MaskedGaitTransform())
+        .random_map(_MaskedGaitTransform(center))
         .batch(local_bs, drop_remainder=True)[process_index::process_count])
   return iter(ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, 0)))
 

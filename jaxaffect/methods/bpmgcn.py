@@ -5,18 +5,32 @@ affective-feature regression). Loss as the released code: CE(posture logits) + C
 logits) + w * MSE(affective regression, the 31 STEP features computed from the skeleton).
 Predictions average the two streams' logits. Data: Emotion-Gait layout (h5 + labels) through
 the `emotion_gait` builder; batches "skeleton" [B, 48, 16, 3], "mask" [B, 48], "label" [B].
+
+Ablations (config keys; sweep preset `bpmgcn_ablations`): model.fusion=none, model.streams=
+posture|movement (one stream, its CE only; needs fusion=none), loss.affective_weight=0 (no
+constraint; add model.affective_head=False to remove fc2_aff, which is otherwise built and
+unused). A weight > 0 without the head (movement only, or affective_head=False) is an error.
+Evaluation on the held-out split: top1, mean_class_accuracy, per-class accuracy and the
+confusion matrix (evaluation/classification.py). The original's "best test accuracy over
+epochs" is not a held-out number; `python -m jaxaffect.tools.best_over_evals WORKDIR` reports it
+under that name from the eval history in metrics.jsonl.
 """
 from __future__ import annotations
+
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxaffect.errors import UserError
 from jaxaffect.evaluation import classification
 from jaxaffect.methods import base
 from jaxaffect.models import bpmgcn as bpmgcn_model
 from jaxaffect.models import gait_features
+
+log = logging.getLogger(__name__)
 
 
 class Method(base.Method):
@@ -25,7 +39,21 @@ class Method(base.Method):
   def build_model(self):
     kwargs = dict(self.config.model.to_dict())
     kwargs.setdefault("num_classes", int(self.config.dataset.num_classes))
-    return bpmgcn_model.BPMGCN(**kwargs)
+    model = bpmgcn_model.BPMGCN(**kwargs)
+    try:
+      model.check()
+    except ValueError as e:
+      raise UserError(f"model: {e}") from e
+    w = float(self.config.loss.affective_weight)
+    if w > 0 and not model.has_affective:
+      raise UserError(
+          f"loss.affective_weight={w} needs the affective regression head, which "
+          f"model.streams={model.streams!r} / model.affective_head={model.affective_head} "
+          "does not build; set loss.affective_weight=0")
+    if w == 0 and model.has_affective:
+      log.info("loss.affective_weight=0: fc2_aff is built but unused (no gradient, only weight "
+               "decay); model.affective_head=False removes it")
+    return model
 
   def example_batch(self, batch_size: int):
     t, j = int(self.config.dataset.num_frames), 16
@@ -45,9 +73,11 @@ class Method(base.Method):
     lc = self.config.loss
     ce = lambda logits: optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels).mean()
-    ce_p, ce_m = ce(out["logits_posture"]), ce(out["logits_movement"])
-    loss = ce_p + ce_m
-    metrics = {"ce_posture": ce_p, "ce_movement": ce_m}
+    loss, metrics = 0.0, {}
+    for stream in ("posture", "movement"):  # the streams the model has (model.streams)
+      if f"logits_{stream}" in out:
+        metrics[f"ce_{stream}"] = ce(out[f"logits_{stream}"])
+        loss = loss + metrics[f"ce_{stream}"]
     if float(lc.affective_weight) > 0:
       mask = batch["mask"] > 0
       target = jax.lax.stop_gradient(gait_features.affective_features(batch["skeleton"], mask))
@@ -84,11 +114,13 @@ class Method(base.Method):
     aug = ds.get("augment", None)
     return iter(gait_pipeline.train_dataset(
         src, seed=seed, global_batch_size=global_batch_size, process_index=process_index,
-        process_count=process_count, augment=aug.to_dict() if aug is not None else None))
+        process_count=process_count, augment=aug.to_dict() if aug is not None else None,
+        center=str(ds.get("center", "none"))))
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
     from jaxaffect.data import gait_pipeline
     ds = self.config.dataset
     src = gait_pipeline.emotion_gait_source(ds, "test")
     return gait_pipeline.eval_batches(src, global_batch_size=global_batch_size,
-                                      process_index=process_index, process_count=process_count)
+                                      process_index=process_index, process_count=process_count,
+                                      center=str(ds.get("center", "none")))

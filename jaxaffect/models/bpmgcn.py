@@ -41,6 +41,7 @@ Array = jax.Array
 
 FUSIONS = ("code", "paper", "none")
 POOLINGS = ("mean", "max")
+STREAMS = ("both", "posture", "movement")
 CHANNELS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
 STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
 FUSION_AFTER = {4: "fusion1", 7: "fusion2", 10: "fusion3"}
@@ -251,6 +252,13 @@ class BPMGCN(nn.Module):
   mask_padding: derive valid frames (any non-zero joint, or `frame_mask` when given) and zero
     the velocity/acceleration across zero padding (no -p spike at the pad boundary); False =
     plain differences over all frames. The original preprocessing for this is unreleased.
+  streams (ablations, paper Tables VI/XI/XIII): "both" (default); "posture" or "movement" build
+    that stream alone (its data_bn, 10 blocks and classifier; the other stream's parameters do
+    not exist) and logits = that stream's logits; needs fusion="none". Posture only: 3,826,260
+    params (3,443,844 without fc2_aff); movement only: 3,445,764.
+  affective_head: build fc2_aff (the affective-constraint regression, 382,416 params at T=48)
+    on the posture stream; False removes it and the "affective" output (the "without the
+    affective constraint" rows; the method then needs loss.affective_weight=0).
   dtype: compute dtype; params, BN statistics, softmaxes and logits stay float32.
   """
   num_classes: int = 4
@@ -258,6 +266,8 @@ class BPMGCN(nn.Module):
   fusion: str = "code"
   pooling: str = "mean"
   mask_padding: bool = True
+  streams: str = "both"
+  affective_head: bool = True
   dtype: Any = None
 
   def _stream(self, suffix: str) -> list[GCNBlock]:
@@ -266,41 +276,78 @@ class BPMGCN(nn.Module):
                      name=f"l{i + 1}_{suffix}")
             for i, (c, s) in enumerate(zip(CHANNELS, STRIDES))]
 
-  @nn.compact
-  def __call__(self, skeleton: Array, train: bool = False,
-               frame_mask: Array | None = None) -> dict[str, Array]:
+  @property
+  def has_posture(self) -> bool:
+    return self.streams in ("both", "posture")
+
+  @property
+  def has_movement(self) -> bool:
+    return self.streams in ("both", "movement")
+
+  @property
+  def has_affective(self) -> bool:
+    return self.has_posture and self.affective_head
+
+  def check(self) -> None:
     if self.fusion not in FUSIONS:
       raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
     if self.pooling not in POOLINGS:
       raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+    if self.streams not in STREAMS:
+      raise ValueError(f"streams must be one of {STREAMS}, got {self.streams!r}")
+    if self.streams != "both" and self.fusion != "none":
+      raise ValueError(f"streams={self.streams!r} has no other stream to fuse with: set "
+                       f"fusion='none' (got fusion={self.fusion!r})")
+
+  @nn.compact
+  def __call__(self, skeleton: Array, train: bool = False,
+               frame_mask: Array | None = None) -> dict[str, Array]:
+    self.check()
     skeleton = jnp.asarray(skeleton, jnp.float32)
     b, t, v, _ = skeleton.shape
     mask = (gait_features.frame_mask(skeleton) if frame_mask is None
             else jnp.asarray(frame_mask, bool))
-    x_p = skeleton
-    x_m = gait_features.motion_channels(skeleton, mask if self.mask_padding else None)
 
     def data_bn(x, name):
       c = x.shape[-1]
       y = BatchNorm(name=name)(x.reshape(b, t, v * c), use_running_average=not train)
       return y.reshape(b, t, v, c).astype(self.dtype or jnp.float32)
 
-    x_p, x_m = data_bn(x_p, "data_bn_p"), data_bn(x_m, "data_bn_m")
-    for i, (blk_p, blk_m) in enumerate(zip(self._stream("p"), self._stream("m")), start=1):
-      x_p, x_m = blk_p(x_p, train), blk_m(x_m, train)
+    x_p = data_bn(skeleton, "data_bn_p") if self.has_posture else None
+    x_m = None
+    if self.has_movement:
+      x_m = gait_features.motion_channels(skeleton, mask if self.mask_padding else None)
+      x_m = data_bn(x_m, "data_bn_m")
+    blocks_p = self._stream("p") if self.has_posture else [None] * len(CHANNELS)
+    blocks_m = self._stream("m") if self.has_movement else [None] * len(CHANNELS)
+    for i, (blk_p, blk_m) in enumerate(zip(blocks_p, blocks_m), start=1):
+      if blk_p is not None:
+        x_p = blk_p(x_p, train)
+      if blk_m is not None:
+        x_m = blk_m(x_m, train)
       if self.fusion != "none" and i in FUSION_AFTER:
         x_p, x_m = PMFusion(self.fusion, name=FUSION_AFTER[i])(x_p, x_m)
     pool = jnp.mean if self.pooling == "mean" else jnp.max
-    f_p = pool(x_p.astype(jnp.float32), axis=(1, 2))
-    f_m = pool(x_m.astype(jnp.float32), axis=(1, 2))
     cls_std = math.sqrt(2.0 / self.num_classes)
     n_aff = self.num_affective * t
-    head = lambda n, std, axes, name: dense(  # noqa: E731
-        n, axes=axes, kernel_init=_normal(std), bias_init=torch_default_bias_init(f_p.shape[-1]),
+    head = lambda n, std, axes, name, fan_in: dense(  # noqa: E731
+        n, axes=axes, kernel_init=_normal(std), bias_init=torch_default_bias_init(fan_in),
         name=name)
-    logits_p = head(self.num_classes, cls_std, ("embed", "classes"), "fc1_classifier_p")(f_p)
-    aff = head(n_aff, math.sqrt(2.0 / n_aff), ("embed", "mlp"), "fc2_aff")(f_p)
-    logits_m = head(self.num_classes, cls_std, ("embed", "classes"), "fc1_classifier_m")(f_m)
-    return dict(logits=(logits_p + logits_m) / 2, logits_posture=logits_p,
-                logits_movement=logits_m,
-                affective=aff.reshape(b, t, self.num_affective), frame_mask=mask)
+    out = {"frame_mask": mask}
+    if self.has_posture:
+      f_p = pool(x_p.astype(jnp.float32), axis=(1, 2))
+      out["logits_posture"] = head(self.num_classes, cls_std, ("embed", "classes"),
+                                   "fc1_classifier_p", f_p.shape[-1])(f_p)
+      if self.affective_head:
+        aff = head(n_aff, math.sqrt(2.0 / n_aff), ("embed", "mlp"), "fc2_aff",
+                   f_p.shape[-1])(f_p)
+        out["affective"] = aff.reshape(b, t, self.num_affective)
+    if self.has_movement:
+      f_m = pool(x_m.astype(jnp.float32), axis=(1, 2))
+      out["logits_movement"] = head(self.num_classes, cls_std, ("embed", "classes"),
+                                    "fc1_classifier_m", f_m.shape[-1])(f_m)
+    if self.streams == "both":
+      out["logits"] = (out["logits_posture"] + out["logits_movement"]) / 2
+    else:
+      out["logits"] = out[f"logits_{self.streams}"]
+    return out

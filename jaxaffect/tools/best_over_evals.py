@@ -1,0 +1,143 @@
+"""The "best test accuracy over epochs" that BPM-GCN (and STEP) report, under its own name.
+
+  python -m jaxaffect.tools.best_over_evals WORKDIR [WORKDIR ...]   # or quoted globs
+  python -m jaxaffect.tools.best_over_evals 'sweeps/bpmgcn/*' [--metric eval/top1]
+      [--write] [--json-out FILE]
+
+The released BPM-GCN code evaluates the test split after every epoch and reports the maximum;
+no validation split is involved, so that number is selected on the test split and is optimistic.
+jaxaffect's held-out accuracy is the FINAL checkpoint's (results.json "eval/top1"); this tool
+never changes it. It reads the eval history in WORKDIR/metrics.jsonl (every record holding
+--metric: the evaluations every `eval_every_steps` plus the final one) and reports, per workdir:
+
+  best_test_accuracy_over_evals   max of --metric over those evaluations
+  best_step                       the step of the first evaluation reaching it
+  heldout_top1_final              results.json's value at the final step (the held-out number)
+  final_step, num_evals, eval_steps
+
+For the original's protocol set eval_every_steps to the steps of one epoch. Output: a Markdown
+table on stdout and the same numbers as JSON (--json-out FILE; --write also puts each workdir's
+record into WORKDIR/best_over_evals.json, next to, not into, results.json).
+Exit status 1 (one line per problem on stderr) when a workdir has no metrics.jsonl or no
+evaluation of --metric.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+NAME = "best_test_accuracy_over_evals"
+OUT_FILE = "best_over_evals.json"
+
+
+class HistoryError(ValueError):
+  pass
+
+
+def eval_history(workdir: str, metric: str = "eval/top1") -> list[tuple[int, float]]:
+  """[(step, value)] of every metrics.jsonl record that holds `metric`, in file order."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise HistoryError(f"{workdir}: no metrics.jsonl")
+  out = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # a line cut by a kill
+      v = rec.get(metric)
+      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        out.append((int(rec.get("step", 0)), float(v)))
+  if not out:
+    raise HistoryError(f"{workdir}: metrics.jsonl holds no evaluation of {metric!r}")
+  return out
+
+
+def best_over_evals(workdir: str, metric: str = "eval/top1") -> dict[str, Any]:
+  hist = eval_history(workdir, metric)
+  best_step, best = max(hist, key=lambda sv: (sv[1], -sv[0]))  # first step reaching the max
+  rec: dict[str, Any] = {
+      "workdir": workdir, "metric": metric, NAME: best, "best_step": best_step,
+      "num_evals": len({s for s, _ in hist}), "eval_steps": sorted({s for s, _ in hist}),
+      "heldout_top1_final": None, "final_step": None,
+  }
+  res_path = os.path.join(workdir, "results.json")
+  if os.path.exists(res_path):
+    with open(res_path) as f:
+      res = json.load(f)
+    rec["heldout_top1_final"] = res.get(metric)
+    rec["final_step"] = res.get("step")
+  return rec
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+  out = []
+  for p in paths:
+    p = os.path.expanduser(p)
+    if glob.has_magic(p):
+      out.extend(sorted(h for h in glob.glob(p)
+                        if os.path.isfile(os.path.join(h, "metrics.jsonl"))))
+    else:
+      out.append(p)
+  return out
+
+
+def _fmt(x: Any) -> str:
+  return f"{x:.4f}" if isinstance(x, float) else ("" if x is None else str(x))
+
+
+def markdown(records: Sequence[dict]) -> str:
+  cols = ("workdir", "heldout_top1_final", "final_step", NAME, "best_step", "num_evals")
+  lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+  lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in records]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m jaxaffect.tools.best_over_evals",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("workdirs", nargs="+", help="workdirs or quoted glob patterns")
+  p.add_argument("--metric", default="eval/top1")
+  p.add_argument("--write", action="store_true", help=f"write WORKDIR/{OUT_FILE}")
+  p.add_argument("--json-out", default="")
+  args = p.parse_args(argv)
+  records, errors = [], []
+  dirs = _expand(args.workdirs)
+  if not dirs:
+    errors.append(f"no workdir with a metrics.jsonl matches {args.workdirs}")
+  for d in dirs:
+    try:
+      records.append(best_over_evals(d, args.metric))
+    except HistoryError as e:
+      errors.append(str(e))
+  for e in errors:
+    print(f"error: {e}", file=sys.stderr)
+  if errors:
+    return 1
+  if args.write:
+    for r in records:
+      with open(os.path.join(r["workdir"], OUT_FILE), "w") as f:
+        json.dump(r, f, indent=2, sort_keys=True)
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(records, f, indent=2, sort_keys=True)
+  print(markdown(records))
+  print(f"\n{NAME}: the maximum over the evaluations during training, selected on the test "
+        "split (optimistic; the original's protocol). The held-out number is "
+        "heldout_top1_final.")
+  print(json.dumps(records, sort_keys=True))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
