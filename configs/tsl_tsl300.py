@@ -54,6 +54,9 @@ def get_config(arg=None):
   d.buckets = [64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4000]
   # Batch length of --mode benchmark: the bucket of a mean TSL-300 video (258 s, ~435 snippets).
   d.example_length = 512
+  # > 0: batches of similar lengths, drawn from windows of that many batches (less padding
+  # when batch_size > 1; no effect at batch 1). 0: a plain seeded shuffle.
+  d.group_by_length = 0
   d.annotator = "random"   # one of the three point annotators per video, seeded (the original)
   d.synthetic = dict(seed=0, num_train=160, num_test=40, min_snippets=48, max_snippets=256)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import zlib
 from typing import Any, Iterator, Sequence
 
@@ -231,17 +232,66 @@ class _TrainElement(grain.transforms.MapWithIndex):
     return ex, bucket_length(longest, self._buckets)
 
 
+class _LengthGroupedOrder:
+  """Position k of an infinite example stream -> source index, grouping similar lengths.
+
+  Epoch e is a permutation of all n examples seeded by (seed, e), cut into windows of
+  `window_batches` global batches; each window is sorted by length (stable) and cut into
+  batches, whose order inside the window is shuffled again. An epoch holds floor(n / B) full
+  batches (the n mod B left-over examples differ from epoch to epoch, as with the original's
+  loader, which also drops them), the stream is a pure function of (seed, B, window_batches),
+  and batches hold videos of similar length, so they pad less than a plain shuffle (where the
+  longest of B random videos sets every batch's bucket)."""
+
+  def __init__(self, lengths: np.ndarray, seed: int, global_batch_size: int,
+               window_batches: int):
+    self._lengths = np.asarray(lengths)
+    self._n = len(self._lengths)
+    self._seed, self._gb = int(seed), int(global_batch_size)
+    self._window = int(window_batches) * self._gb
+    self._per_epoch = (self._n // self._gb) * self._gb
+    if self._per_epoch == 0:
+      raise UserError(f"dataset.group_by_length needs at least one full batch: {self._n} "
+                      f"training videos, global batch {self._gb}")
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _epoch(self, e: int) -> np.ndarray:
+    if e not in self._cache:
+      if len(self._cache) > 4:
+        self._cache.pop(min(self._cache))
+      rng = np.random.default_rng([self._seed, e, 0x6c656e])
+      perm = rng.permutation(self._n)[:self._per_epoch]  # random left-overs, not the longest
+      out = []
+      for w in range(0, self._per_epoch, self._window):
+        chunk = perm[w:w + self._window]
+        chunk = chunk[np.argsort(self._lengths[chunk], kind="stable")]
+        full = [chunk[b:b + self._gb] for b in range(0, len(chunk), self._gb)]
+        out.extend(full[i] for i in rng.permutation(len(full)))
+      self._cache[e] = np.concatenate(out)
+    return self._cache[e]
+
+  def __getitem__(self, k: int) -> int:
+    k = int(k)
+    return int(self._epoch(k // self._per_epoch)[k % self._per_epoch])
+
+
 def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_index: int,
                   process_count: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
                   annotator: str | int = "random", annotator_seed: int | None = None,
-                  lengths: Sequence[int] | None = None, worker_count: int = 0,
-                  read_threads: int | None = None,
+                  lengths: Sequence[int] | None = None, group_by_length: int = 0,
+                  worker_count: int = 0, read_threads: int | None = None,
                   prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
-  """Infinite, shuffled per-process bucketed batches; the global batch depends only on (seed, B).
+  """Infinite, shuffled per-process bucketed batches; the global batch depends only on (seed, B)
+  (and `group_by_length`).
 
   `iter()` of the result is a grain iterator with get_state()/set_state(). `annotator_seed`
   (default `seed`) seeds the per-video annotator choice; `lengths` (num_snippets per source
-  index) saves one read of every record when known.
+  index) saves one read of every record when known. `group_by_length` > 0 draws batches of
+  similar lengths from windows of that many batches (less padding; _LengthGroupedOrder); 0 is
+  a plain seeded shuffle.
   """
   if len(source) == 0:
     raise ValueError("train source is empty")
@@ -249,7 +299,13 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
   annotator = check_annotator(annotator)
   local_bs = _per_process_batch(global_batch_size, process_count)
   lengths = _checked_lengths(source, lengths, buckets)
-  order = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+  if group_by_length < 0:
+    raise UserError(f"dataset.group_by_length must be >= 0, got {group_by_length}")
+  if group_by_length:
+    order = grain.MapDataset.source(_LengthGroupedOrder(
+        np.asarray(lengths), seed, global_batch_size, group_by_length))
+  else:
+    order = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
   element = _TrainElement(source, order, lengths, buckets, global_batch_size,
                           seed if annotator_seed is None else annotator_seed, annotator)
   ds = (order.map_with_index(element)

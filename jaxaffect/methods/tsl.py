@@ -186,7 +186,8 @@ class Method(base.Method):
     return iter(self._pipeline().train_dataset(
         self._source("train"), seed=seed, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count,
-        buckets=tuple(ds.buckets), annotator=ds.annotator))
+        buckets=tuple(ds.buckets), annotator=ds.annotator,
+        group_by_length=int(ds.get("group_by_length", 0))))
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
     return self._pipeline().eval_batches(
