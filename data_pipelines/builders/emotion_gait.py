@@ -36,7 +36,6 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -329,12 +328,7 @@ def _read_examples(items: list[Item], config: EmotionGaitConfig) -> Iterator[tup
 # ------------------------------------------------------------------------------ builder
 
 
-class _QuietCustomConfig(logging.Filter):
-  def filter(self, record):
-    return "Using custom data configuration" not in str(record.msg)
-
-
-logging.getLogger("absl").addFilter(_QuietCustomConfig())
+logging.getLogger("absl").addFilter(builders_common.QuietCustomConfig())
 
 
 class EmotionGait(tfds.core.GeneratorBasedBuilder):
@@ -442,23 +436,12 @@ def write_manifest(builder: EmotionGait, report: dict, notes: list[str]) -> str:
       dataset="emotion_gait", config=cfg.name, version=str(builder.version), splits=splits,
       skipped=[dict(split=s, **x) for s, r in report.items() for x in r["skipped"]],
       notes=notes, contract=cfg.contract())
-  path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
-  with open(path, "w") as f:
-    json.dump(manifest, f, indent=1)
-  return path
+  return builders_common.write_manifest_file(builder, manifest)
 
 
 def load_manifest(builder) -> dict:
   """The manifest written next to the built dataset (counts, skipped, notes, contract)."""
-  path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no manifest; was the dataset built by build_emotion_gait?")
-  with open(path) as f:
-    return json.load(f)
-
-
-_BASE_CONFIG_FIELDS = {"version", "release_notes", "supported_versions", "tags", "name",
-                       "description"}
+  return builders_common.load_manifest(builder, "build_emotion_gait")
 
 
 def build_emotion_gait(manual_dir, data_dir, config_kwargs: dict | None = None, *,
@@ -470,12 +453,7 @@ def build_emotion_gait(manual_dir, data_dir, config_kwargs: dict | None = None, 
   missing build is an error instead of being built.
   """
   kwargs = dict(config_kwargs or {})
-  known = {f.name for f in dataclasses.fields(EmotionGaitConfig)}
-  unknown = sorted(set(kwargs) - known)
-  if unknown:
-    raise GaitConfigError(f"emotion_gait: unknown setting(s) {unknown}; known: "
-                          f"{sorted(known - _BASE_CONFIG_FIELDS)}")
-  config = EmotionGaitConfig(**kwargs)
+  config = builders_common.checked_config(EmotionGaitConfig, kwargs, "emotion_gait", GaitConfigError)
   builder = EmotionGait(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
   return builders_common.open_or_build(builder, manual_dir, build=build, progress=progress,
                                        how="build_emotion_gait with build=True")

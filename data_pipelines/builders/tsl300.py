@@ -348,12 +348,7 @@ def make_example(meta: Meta, split: str, vid: str, config: TSL300Config) -> dict
 # ------------------------------------------------------------------------------ builder
 
 
-class _QuietCustomConfig(logging.Filter):
-  def filter(self, record):
-    return "Using custom data configuration" not in str(record.msg)
-
-
-logging.getLogger("absl").addFilter(_QuietCustomConfig())
+logging.getLogger("absl").addFilter(builders_common.QuietCustomConfig())
 
 
 class Tsl300(tfds.core.GeneratorBasedBuilder):
@@ -459,23 +454,12 @@ def write_manifest(builder: Tsl300, report: dict, notes: list[str]) -> str:
       dataset="tsl300", config=cfg.name, version=str(builder.version), splits=splits,
       skipped=[dict(split=s, **x) for s, r in report.items() for x in r["skipped"]],
       notes=notes, contract=cfg.contract())
-  path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
-  with open(path, "w") as f:
-    json.dump(manifest, f, indent=1)
-  return path
+  return builders_common.write_manifest_file(builder, manifest)
 
 
 def load_manifest(builder) -> dict:
   """The manifest written next to the built dataset (counts, skipped, notes, contract)."""
-  path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no manifest; was the dataset built by build_tsl300?")
-  with open(path) as f:
-    return json.load(f)
-
-
-_BASE_CONFIG_FIELDS = {"version", "release_notes", "supported_versions", "tags", "name",
-                       "description"}
+  return builders_common.load_manifest(builder, "build_tsl300")
 
 
 def build_tsl300(raw_root, data_dir, options: dict | None = None, *, build: bool = True,
@@ -487,12 +471,7 @@ def build_tsl300(raw_root, data_dir, options: dict | None = None, *, build: bool
   error instead of being built.
   """
   kwargs = dict(options or {})
-  known = {f.name for f in dataclasses.fields(TSL300Config)}
-  unknown = sorted(set(kwargs) - known)
-  if unknown:
-    raise TSLConfigError(f"tsl300: unknown setting(s) {unknown}; known: "
-                         f"{sorted(known - _BASE_CONFIG_FIELDS)}")
-  config = TSL300Config(**kwargs)
+  config = builders_common.checked_config(TSL300Config, kwargs, "tsl300", TSLConfigError)
   builder = Tsl300(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
   return builders_common.open_or_build(builder, raw_root, build=build, progress=progress,
                                        how="build_tsl300 with build=True")

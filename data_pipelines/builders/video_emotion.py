@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
-import json
 import logging
 import multiprocessing
 import os
@@ -209,14 +208,7 @@ def _extract_all(items: Sequence[emotion_splits.Item], config, num_workers: int)
 # ------------------------------------------------------------------------------ builder
 
 
-class _QuietCustomConfig(logging.Filter):
-  """Drops tfds' warning for configs not in BUILDER_CONFIGS: every config here is custom."""
-
-  def filter(self, record):
-    return "Using custom data configuration" not in str(record.msg)
-
-
-logging.getLogger("absl").addFilter(_QuietCustomConfig())
+logging.getLogger("absl").addFilter(builders_common.QuietCustomConfig())
 
 
 class VideoEmotion(tfds.core.GeneratorBasedBuilder):
@@ -338,22 +330,12 @@ def write_manifest(builder: VideoEmotion, report: dict,
       notes=plan.notes if plan else [],
       contract=cfg.contract(),
   )
-  path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
-  with open(path, "w") as f:
-    json.dump(manifest, f, indent=1)
-  return path
+  return builders_common.write_manifest_file(builder, manifest)
 
 
 def load_manifest(builder) -> dict:
   """The manifest written next to the built dataset (counts, skipped, zero_audio, contract)."""
-  path = os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no manifest; was the dataset built by build_video_emotion?")
-  with open(path) as f:
-    return json.load(f)
-
-
-_BASE_CONFIG_FIELDS = {"version", "release_notes", "supported_versions", "tags"}
+  return builders_common.load_manifest(builder, "build_video_emotion")
 
 
 def build_video_emotion(
@@ -377,12 +359,7 @@ def build_video_emotion(
   kwargs = dict(config_kwargs or {})
   if "split" in kwargs:
     kwargs["split_index"] = kwargs.pop("split")
-  known = {f.name for f in dataclasses.fields(VideoEmotionConfig)}
-  unknown = sorted(set(kwargs) - known)
-  if unknown:
-    raise ExtractionConfigError(f"video_emotion: unknown extraction setting(s) {unknown}; known: "
-                     f"{sorted(known - _BASE_CONFIG_FIELDS)}")
-  config = VideoEmotionConfig(**kwargs)
+  config = builders_common.checked_config(VideoEmotionConfig, kwargs, "video_emotion", ExtractionConfigError)
   builder = VideoEmotion(data_dir=os.fspath(data_dir), config=config, num_workers=num_workers,
                          file_format="array_record")
   return builders_common.open_or_build(builder, manual_dir, build=build, progress=progress,
