@@ -23,6 +23,20 @@ def _to_py(v: Any) -> Any:
   return v
 
 
+
+def read_records(path: str):
+  """Yields the JSON records of a metrics.jsonl file, skipping blank lines and a line cut by a
+  kill."""
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        yield json.loads(line)
+      except json.JSONDecodeError:
+        continue
+
 class MetricWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
@@ -39,18 +53,8 @@ class MetricWriter:
     """Drops events logged after `step` (they belong to a run that was killed)."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    kept = []
-    with open(self.path) as f:
-      for line in f:
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut by a kill
-        if int(rec.get("step", 0)) <= step:
-          kept.append(line)
+    kept = [json.dumps(rec) for rec in read_records(self.path)
+            if int(rec.get("step", 0)) <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.write("".join(k + "\n" for k in kept))

@@ -31,6 +31,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from jaxaffect import metric_writer
+
 NAME = "best_test_accuracy_over_evals"
 OUT_FILE = "best_over_evals.json"
 
@@ -45,18 +47,10 @@ def eval_history(workdir: str, metric: str = "eval/top1") -> list[tuple[int, flo
   if not os.path.exists(path):
     raise HistoryError(f"{workdir}: no metrics.jsonl")
   out = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
-        continue  # a line cut by a kill
-      v = rec.get(metric)
-      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        out.append((int(rec.get("step", 0)), float(v)))
+  for rec in metric_writer.read_records(path):
+    v = rec.get(metric)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+      out.append((int(rec.get("step", 0)), float(v)))
   if not out:
     raise HistoryError(f"{workdir}: metrics.jsonl holds no evaluation of {metric!r}")
   return out
