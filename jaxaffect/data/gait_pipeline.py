@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import zlib
 from typing import Any, Iterator, Mapping
 
 import grain
@@ -38,6 +37,7 @@ import numpy as np
 
 from jaxaffect.data.pipeline import (_DEFAULT_PREFETCH_BATCHES, _PaddedSource,
                                      _per_process_batch, _read_options, num_eval_batches)
+from jaxaffect.data import sources
 from jaxaffect.errors import PathNotFound, UserError
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,6 @@ def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
 # ------------------------------------------------------------------------------ sources
 
 
-def _expand(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
-
-
 _SYNTHETIC_KNOBS = ("elmd_fraction", "jitter_scale", "yaw_range_deg", "noise")
 
 
@@ -197,21 +193,14 @@ def _synthetic_extra(syn) -> dict:
 
 
 def raw_dir(ds) -> str:
-  if ds.get("manual_dir", ""):
-    return _expand(ds.manual_dir)
-  root = _expand(ds.data_dir)
+  tag = None
   if ds.name in SYNTHETIC:
-    syn = ds.synthetic
-    tag = f"seed{syn.seed}_n{syn.num_per_class}"
-    extra = _synthetic_extra(syn)
-    if extra:  # Non-default generator knobs get their own folder (the DONE marker checks them).
-      tag += f"_{zlib.crc32(repr(sorted(extra.items())).encode()):08x}"
-    return os.path.join(root, "raw", f"{ds.name}_{tag}")
-  return os.path.join(root, "raw", ds.name)
+    tag = f"seed{ds.synthetic.seed}_n{ds.synthetic.num_per_class}"
+  return sources.dataset_raw_dir(ds, tag, _synthetic_extra(ds.synthetic) if tag else None)
 
 
 def tfds_dir(ds) -> str:
-  return os.path.join(_expand(ds.data_dir), "tfds", os.path.basename(raw_dir(ds).rstrip("/")))
+  return sources.dataset_tfds_dir(ds, raw_dir(ds))
 
 
 def _extraction_kwargs(ds) -> dict:
@@ -226,15 +215,9 @@ def _extraction_kwargs(ds) -> dict:
 
 def _build(ds, **kwargs):
   from data_pipelines.builders import emotion_gait  # pylint: disable=g-import-not-at-top
-  try:
+  with sources.build_errors(ds.name, emotion_gait.RawLayoutError, emotion_gait.GaitConfigError):
     return emotion_gait.build_emotion_gait(raw_dir(ds), tfds_dir(ds), _extraction_kwargs(ds),
                                            **kwargs)
-  except FileNotFoundError as e:
-    if isinstance(e, UserError):
-      raise
-    raise PathNotFound(f"dataset {ds.name}: {e}") from e
-  except (emotion_gait.RawLayoutError, emotion_gait.GaitConfigError) as e:
-    raise UserError(f"dataset {ds.name}: {e}") from e
 
 
 def prepare_emotion_gait(ds) -> None:
@@ -261,10 +244,5 @@ def prepare_emotion_gait(ds) -> None:
 
 def emotion_gait_source(ds, split: str):
   """The random-access source of one split (records as in the builder's features)."""
-  data = tfds_dir(ds)
-  if not os.path.isdir(data):
-    raise PathNotFound(f"dataset: data directory {data} does not exist; build it first "
-                       "(or enable dataset.auto_prepare for synthetic data)")
-  builder = _build(ds, build=False)
-  log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
-  return builder.as_data_source(split=split)
+  return sources.open_split(ds, split, tfds_dir(ds), lambda: _build(ds, build=False),
+                            "build it")

@@ -12,8 +12,10 @@ is a one-line error naming it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import zlib
 
 from jaxaffect.errors import PathNotFound, UserError
 
@@ -28,20 +30,66 @@ def _expand(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
-def raw_dir(ds) -> str:
+# ---- shared by every dataset family's pipeline (video emotion, gait, TSL) ----------------------
+
+
+def dataset_raw_dir(ds, synthetic_tag: str | None = None, knobs: dict | None = None) -> str:
+  """`dataset.manual_dir` when set, else <data_dir>/raw/<name>, with "_<synthetic_tag>" for a
+  generated set; non-default generator `knobs` add a hash, so each setting gets its own folder
+  (the generator's DONE marker checks them)."""
   if ds.get("manual_dir", ""):
     return _expand(ds.manual_dir)
-  root = _expand(ds.data_dir)
-  if ds.name in SYNTHETIC:
+  name = ds.name
+  if synthetic_tag is not None:
+    name += f"_{synthetic_tag}"
+    if knobs:
+      name += f"_{zlib.crc32(repr(sorted(knobs.items())).encode()):08x}"
+  return os.path.join(_expand(ds.data_dir), "raw", name)
+
+
+def dataset_tfds_dir(ds, raw: str) -> str:
+  """Extracted shards of one raw folder (the builder's config name adds the settings)."""
+  return os.path.join(_expand(ds.data_dir), "tfds", os.path.basename(raw.rstrip("/")))
+
+
+@contextlib.contextmanager
+def build_errors(name: str, *user_errors: type):
+  """A builder's missing files become PathNotFound, its layout/config errors UserError, each
+  one line naming the dataset."""
+  try:
+    yield
+  except FileNotFoundError as e:
+    if isinstance(e, UserError):
+      raise
+    raise PathNotFound(f"dataset {name}: {e}") from e
+  except user_errors as e:
+    raise UserError(f"dataset {name}: {e}") from e
+
+
+def open_split(ds, split: str, data: str, open_builder, how: str):
+  """The random-access source of `split` from the built shards in `data`; `how` says how to
+  build them when missing."""
+  if not os.path.isdir(data):
+    raise PathNotFound(f"dataset: data directory {data} does not exist; {how} first "
+                       "(or enable dataset.auto_prepare for synthetic data)")
+  builder = open_builder()
+  log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
+  return builder.as_data_source(split=split)
+
+
+# ---- video emotion (VE-8, Ekman-6) ---------------------------------------------------------
+
+
+def raw_dir(ds) -> str:
+  tag = None
+  if ds.name in SYNTHETIC and not ds.get("manual_dir", ""):
     syn = ds.synthetic
     tag = f"seed{syn.seed}_n{syn.num_train_per_class}x{syn.num_test_per_class}"
-    return os.path.join(root, "raw", f"{ds.name}_{tag}")
-  return os.path.join(root, "raw", ds.name)
+  return dataset_raw_dir(ds, tag)
 
 
 def tfds_dir(ds) -> str:
-  """Extracted shards of one raw folder (the builder's config name adds the settings)."""
-  return os.path.join(_expand(ds.data_dir), "tfds", os.path.basename(raw_dir(ds).rstrip("/")))
+  return dataset_tfds_dir(ds, raw_dir(ds))
 
 
 def extraction_kwargs(ds) -> dict:
@@ -61,14 +109,8 @@ def extraction_kwargs(ds) -> dict:
 def _build(raw: str, data: str, ds, **kwargs):
   """build_video_emotion with layout/config problems turned into one-line user errors."""
   from data_pipelines.builders import video_emotion
-  try:
+  with build_errors(ds.name, video_emotion.RawLayoutError, video_emotion.ExtractionConfigError):
     return video_emotion.build_video_emotion(raw, data, extraction_kwargs(ds), **kwargs)
-  except FileNotFoundError as e:
-    if isinstance(e, UserError):
-      raise
-    raise PathNotFound(f"dataset {ds.name}: {e}") from e
-  except (video_emotion.RawLayoutError, video_emotion.ExtractionConfigError) as e:
-    raise UserError(f"dataset {ds.name}: {e}") from e
 
 
 def prepare_video_emotion(ds) -> None:
@@ -94,11 +136,6 @@ def prepare_video_emotion(ds) -> None:
 
 def video_emotion_source(ds, split: str):
   """The random-access source of one split (records as in the builder's features)."""
-  raw = raw_dir(ds)
-  data = tfds_dir(ds)
-  if not os.path.isdir(data):
-    raise PathNotFound(f"dataset: data directory {data} does not exist; run the extraction first "
-                    "(or enable dataset.auto_prepare for synthetic data)")
-  builder = _build(raw, data, ds, build=False)
-  log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
-  return builder.as_data_source(split=split)
+  raw, data = raw_dir(ds), tfds_dir(ds)
+  return open_split(ds, split, data, lambda: _build(raw, data, ds, build=False),
+                    "run the extraction")

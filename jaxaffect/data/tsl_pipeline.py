@@ -49,13 +49,16 @@ import numpy as np
 
 from jaxaffect.data.pipeline import (_DEFAULT_PREFETCH_BATCHES, _per_process_batch, _read_options,
                                      num_eval_batches)
+from jaxaffect.data import sources
 from jaxaffect.errors import PathNotFound, UserError
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = ("synthetic_tsl",)
 REAL = ("tsl300",)
-DEFAULT_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+# The last bucket is TSL-Net's step-encoding limit (models/tsl.py PE_LENGTH): a longer video is a
+# pipeline error naming dataset.buckets rather than a model error.
+DEFAULT_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4000)
 SNIPPET_FRAMES = 16
 NUM_CLASSES = 2
 NUM_ANNOTATORS = 3
@@ -392,10 +395,6 @@ def video_info(source: Any, index: int) -> dict:
 # ------------------------------------------------------------------------------ sources
 
 
-def _expand(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
-
-
 _SYNTHETIC_SIZES = ("num_train", "num_test", "min_snippets", "max_snippets")
 _SYNTHETIC_DEFAULTS = dict(num_train=160, num_test=40, min_snippets=48, max_snippets=256)
 _SYNTHETIC_KNOBS = ("min_segments", "max_segments", "min_segment_snippets",
@@ -418,22 +417,17 @@ def _synthetic_kwargs(ds) -> dict:
 
 
 def raw_dir(ds) -> str:
-  if ds.get("manual_dir", ""):
-    return _expand(ds.manual_dir)
-  root = _expand(ds.data_dir)
-  if ds.name in SYNTHETIC:
+  tag = knobs = None
+  if ds.name in SYNTHETIC and not ds.get("manual_dir", ""):
     kw = _synthetic_kwargs(ds)
     tag = (f"seed{kw['seed']}_n{kw['num_train']}x{kw['num_test']}"
            f"_t{kw['min_snippets']}-{kw['max_snippets']}")
-    extra = {k: kw[k] for k in _SYNTHETIC_KNOBS if k in kw}
-    if extra:  # Non-default generator knobs get their own folder (the DONE marker checks them).
-      tag += f"_{zlib.crc32(repr(sorted(extra.items())).encode()):08x}"
-    return os.path.join(root, "raw", f"{ds.name}_{tag}")
-  return os.path.join(root, "raw", ds.name)
+    knobs = {k: kw[k] for k in _SYNTHETIC_KNOBS if k in kw}
+  return sources.dataset_raw_dir(ds, tag, knobs)
 
 
 def tfds_dir(ds) -> str:
-  return os.path.join(_expand(ds.data_dir), "tfds", os.path.basename(raw_dir(ds).rstrip("/")))
+  return sources.dataset_tfds_dir(ds, raw_dir(ds))
 
 
 def _builder_options(ds) -> dict:
@@ -446,14 +440,8 @@ def _builder_options(ds) -> dict:
 
 def _build(ds, **kwargs):
   from data_pipelines.builders import tsl300  # pylint: disable=g-import-not-at-top
-  try:
+  with sources.build_errors(ds.name, tsl300.RawLayoutError, tsl300.TSLConfigError):
     return tsl300.build_tsl300(raw_dir(ds), tfds_dir(ds), _builder_options(ds), **kwargs)
-  except FileNotFoundError as e:
-    if isinstance(e, UserError):
-      raise
-    raise PathNotFound(f"dataset {ds.name}: {e}") from e
-  except (tsl300.RawLayoutError, tsl300.TSLConfigError) as e:
-    raise UserError(f"dataset {ds.name}: {e}") from e
 
 
 def prepare_tsl(ds) -> None:
@@ -481,13 +469,8 @@ def tsl_source(ds, split: str):
   """The random-access source of one split ("train" or "test"; records as in the builder)."""
   if split not in ("train", "test"):
     raise UserError(f"TSL-300 has the splits train and test, not {split!r}")
-  data = tfds_dir(ds)
-  if not os.path.isdir(data):
-    raise PathNotFound(f"dataset: data directory {data} does not exist; build it first "
-                       "(or enable dataset.auto_prepare for synthetic data)")
-  builder = _build(ds, build=False)
-  log.info("dataset %s split %s: %s", ds.name, split, builder.data_dir)
-  return builder.as_data_source(split=split)
+  return sources.open_split(ds, split, tfds_dir(ds), lambda: _build(ds, build=False),
+                            "build it")
 
 
 def make_sources(ds, splits: Sequence[str] = ("train", "test"), *,
