@@ -244,10 +244,11 @@ class TSLNet(nn.Module):
   def __call__(self, rgb: Array, audio: Array, mask: Array, length: Array, *,
                train: bool = False) -> dict[str, Array]:
     mask = mask > 0
-    out = ClsModule(self.num_classes, tuple(self.audio_channels), self.align_features,
-                    self.neck_features, self.cpc_layers, self.dropout, self.modalities,
-                    self.reverse_mapping, self.dtype, name="cls_module")(
-                        rgb, audio, mask, length, train=train)
+    fields = {f: getattr(self, f) for f in ("num_classes", "align_features", "neck_features",
+                                            "cpc_layers", "dropout", "modalities",
+                                            "reverse_mapping", "dtype")}
+    out = ClsModule(audio_channels=tuple(self.audio_channels), **fields, name="cls_module")(
+        rgb, audio, mask, length, train=train)
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
     sig = jax.nn.sigmoid(out["cas"])
     bg = sig[..., -1:]
