@@ -75,7 +75,7 @@ def test_torch_pickle_reads_torch_save(tmp_path, zip_format):
   np.testing.assert_array_equal(got["sd"]["weight"], lin.weight.detach().numpy())
   assert got["opt"]["param_groups"][0]["betas"] == (0.9, 0.999)
   assert got["np_scalar"] == 2.5 and got["size"] == (2, 3)
-  assert isinstance(got["device"], torch_pickle.Opaque)  # never imported, never executed
+  assert got["device"] == "cpu"  # an inert string: torch.device is never imported or called
   np.testing.assert_array_equal(got["nested"][2]["y"], np.ones(1, np.float32))
 
 
