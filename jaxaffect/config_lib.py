@@ -1,13 +1,34 @@
-"""Helpers for config files: the keys every config has, argument parsing, defaults."""
+"""Config files: the keys every config has, loading `path[:arg]` with `--config.a.b=v`
+overrides (one loader for main, the converters and the sweep), and checks of the values."""
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.util
 import os
+from typing import Any, Iterable, Sequence
 
 import ml_collections
+
+from jaxaffect.errors import PathNotFound, UserError
 
 
 def default_data_dir() -> str:
   return os.environ.get("JAXAFFECT_DATA_DIR", os.path.join("~", ".cache", "jaxaffect"))
+
+
+def nearest(word: str, candidates: Iterable[str]) -> str:
+  """' (did you mean X?)' for the closest candidate, '' when none is close."""
+  best = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+  return f" (did you mean {best[0]!r}?)" if best else ""
+
+
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> str:
+  """`value` when it is one of `choices`, else a UserError naming the key and the nearest."""
+  if value not in choices:
+    raise UserError(f"config.{key}={value!r} is not one of {', '.join(choices)}"
+                    f"{nearest(str(value), choices)}")
+  return value
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -17,17 +38,21 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, _, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"config argument {key!r} unknown; known: {', '.join(sorted(defaults))}")
+      raise UserError(f"config argument {key!r} unknown{nearest(key, defaults)}; known: "
+                      f"{', '.join(sorted(defaults)) or 'none'}")
     if not value:
       out[key] = True
-    else:
-      kind = type(defaults[key])
+      continue
+    kind = type(defaults[key])
+    try:
       out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    except ValueError:
+      raise UserError(f"config argument {key}={value!r}: expected {kind.__name__}") from None
   return ml_collections.ConfigDict(out)
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Keys every config has (DESIGN.md 'Contracts'); method configs fill in the rest."""
+  """Keys every config has (docs/architecture.md); method configs fill in the rest."""
   c = ml_collections.ConfigDict()
   c.method = ""
   c.seed = 0
@@ -51,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3))
   c.checkpoint["async"] = True
   c.init_from = ""
+  # Resuming with a config that differs from the workdir's: "refuse" (one line listing the
+  # keys) or "allow" (continue; the change is recorded in config.json's history).
+  c.resume_changes = "refuse"
   c.log_every_steps = 10
   c.eval_every_steps = 0
   c.dataset = ml_collections.ConfigDict()
@@ -59,11 +87,172 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def sibling_config(this_file: str, name: str, arg: str | None = None):
-  """get_config(arg) of another config file in the same folder (configs/ is not a package)."""
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
-  spec = importlib.util.spec_from_file_location(f"jaxaffect_configs_{name[:-3]}", path)
+# ---- loading ------------------------------------------------------------------------------
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+  """'configs/x.py:smoke,split=2' -> ('configs/x.py', 'smoke,split=2')."""
+  if ":" in spec and not os.path.exists(spec):
+    path, _, arg = spec.rpartition(":")
+    return path, arg
+  return spec, None
+
+
+def _import_file(path: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load(spec: str, overrides: Sequence[str] = (), *, lock: bool = True
+         ) -> ml_collections.ConfigDict:
+  """get_config(arg) of `path[:arg]`, then the overrides ("a.b=value" or "--config.a.b=value")."""
+  path, arg = split_spec(spec)
+  if not os.path.isfile(path):
+    raise PathNotFound(f"--config: {path} does not exist")
+  module = _import_file(path, "jaxaffect_config_" + os.path.basename(path)[:-3])
+  if not hasattr(module, "get_config"):
+    raise UserError(f"--config: {path} defines no get_config(arg)")
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+  except UserError as e:
+    raise UserError(f"--config {spec}: {e}") from None
+  apply_overrides(config, overrides)
+  if lock:
+    config.lock()
+  return config
+
+
+def sibling_config(this_file: str, name: str, arg: str | None = None):
+  """get_config(arg) of another config file in the same folder (configs/ is not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+  return _import_file(path, f"jaxaffect_config_{name[:-3]}").get_config(arg)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.a.b=v` / `--config.a.b v` from the other arguments."""
+  rest, overrides = [], []
+  it = iter(argv)
+  for a in it:
+    if a.startswith("--config."):
+      if "=" not in a:
+        value = next(it, None)
+        if value is None:
+          raise UserError(f"{a}: missing value (write {a}=VALUE)")
+        a = f"{a}={value}"
+      overrides.append(a)
+    else:
+      rest.append(a)
+  return rest, overrides
+
+
+def flat_keys(config, prefix: str = "") -> dict[str, Any]:
+  """{"optimizer.learning_rate": 0.001, ...} for every leaf of a (nested) ConfigDict/dict."""
+  out = {}
+  items = config.items() if hasattr(config, "items") else []
+  for k, v in items:
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update(flat_keys(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _parse_value(raw: str, old: Any, key: str) -> Any:
+  if isinstance(old, bool):
+    low = raw.lower()
+    if low not in ("true", "false", "1", "0", "yes", "no"):
+      raise UserError(f"--config.{key}={raw}: expected true or false")
+    return low in ("true", "1", "yes")
+  if isinstance(old, str):
+    return raw
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    if old is None:
+      return raw
+    raise UserError(f"--config.{key}={raw}: expected a {type(old).__name__}") from None
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
+    value = type(old)(value)
+  if old is not None and not isinstance(value, type(old)):
+    raise UserError(f"--config.{key}={raw}: expected a {type(old).__name__}, got "
+                    f"{type(value).__name__}")
+  return value
+
+
+def apply_overrides(config, overrides: Sequence[str]) -> None:
+  for item in overrides:
+    body = item[len("--config."):] if item.startswith("--config.") else item
+    key, eq, raw = body.partition("=")
+    if not eq or not key:
+      raise UserError(f"unrecognised argument {item!r} (overrides look like --config.a.b=value)")
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, p in enumerate(parents + [leaf]):
+      has = isinstance(node, (ml_collections.ConfigDict, dict)) and p in node
+      if not has:
+        raise UserError(f"--config.{key}: no such config key{nearest(key, flat_keys(config))}")
+      if depth < len(parents):
+        node = node[p]
+    old = node[leaf]
+    if isinstance(old, (ml_collections.ConfigDict, dict)):
+      raise UserError(f"--config.{key} is a group of keys; set one of its members, e.g. "
+                      f"--config.{key}.{next(iter(old), 'x')}=...")
+    value = _parse_value(raw, old, key)
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise UserError(f"--config.{key}={raw}: {e}") from None
+
+
+def check_common(config) -> None:
+  """Values every config shares, checked once where the config enters."""
+  for key in ("batch_size", "eval_batch_size"):
+    if key in config and int(config[key]) <= 0:
+      raise UserError(f"config.{key}={config[key]} must be a positive number of examples")
+  if int(config.total_steps) < 1:
+    raise UserError(f"config.total_steps={config.total_steps} must be at least 1")
+  for key in ("grad_accum_steps", "log_every_steps"):
+    if key in config and int(config[key] or 1) < 1:
+      raise UserError(f"config.{key}={config[key]} must be at least 1")
+  if int(config.checkpoint.every_steps) < 1 or int(config.checkpoint.keep) < 1:
+    raise UserError("config.checkpoint.every_steps and config.checkpoint.keep must be >= 1 "
+                    f"(got {config.checkpoint.every_steps}, {config.checkpoint.keep})")
+  check_choice("resume_changes", config.get("resume_changes", "refuse"), ("refuse", "allow"))
+  if "dtype" in config.model:
+    check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
+
+
+# ---- resuming with a changed config --------------------------------------------------------
+
+# Keys a resumed run may change freely: where and how the run executes, not what it computes
+# (pods change size between jobs; data move; logging cadence). Prefixes end with ".".
+RESUME_FREE = ("mesh.", "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size",
+               "dataset.data_dir", "dataset.manual_dir", "dataset.worker_count", "init_from",
+               "resume_changes")
+HISTORY_KEY = "_resume_history"  # config.json: the changes accepted with resume_changes=allow
+
+
+def as_json_dict(config) -> dict:
+  """The config as plain JSON values (tuples become lists), as config.json stores it."""
+  import json
+  return json.loads(config.to_json_best_effort())
+
+
+def resume_differences(saved: dict, config) -> dict[str, tuple[Any, Any]]:
+  """{key: (saved value, current value)} for keys that differ and are not RESUME_FREE."""
+  old = flat_keys({k: v for k, v in saved.items() if k != HISTORY_KEY})
+  new = flat_keys(as_json_dict(config))
+  free = lambda k: any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE)
+  return {k: (old.get(k, "<absent>"), new.get(k, "<absent>"))
+          for k in sorted(set(old) | set(new)) if not free(k) and old.get(k) != new.get(k)}
+
+
+def describe_differences(diffs: dict[str, tuple[Any, Any]], limit: int = 6) -> str:
+  parts = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diffs.items())[:limit]]
+  if len(diffs) > limit:
+    parts.append(f"{len(diffs) - limit} more")
+  return ", ".join(parts)

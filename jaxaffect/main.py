@@ -1,20 +1,21 @@
 """Entry point: python -m jaxaffect.main --config configs/<x>.py[:arg] --workdir DIR [--config.a.b=v]
 
-Modes: train (default; resumes from DIR), eval, summary, benchmark.
+Modes: train (default; resumes from DIR), eval, summary, benchmark. A mistake in the input (a
+config key, a path, a file) ends with one `error:` line on stderr and exit status 1; `--debug`
+shows the traceback instead.
 """
 from __future__ import annotations
 
-from absl import logging
-import os
 import logging as std_logging
+import os
 import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
+from absl import logging
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
-                                          lock_config=True)
+_CONFIG = flags.DEFINE_string("config", None, "Config file (path[:arg]); override its keys with "
+                              "--config.a.b=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "benchmark"],
                           "What to do.")
@@ -25,18 +26,42 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _BENCH_STEPS = flags.DEFINE_integer("benchmark_steps", 10, "Timed steps for --mode benchmark.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show tracebacks for input mistakes too.")
+
+_OVERRIDES: list[str] = []
 
 
-def _run(argv) -> int:
-  del argv
+def _fail(msg: str, status: int = 1):
+  print(f"error: {msg}", file=sys.stderr, flush=True)
+  # os._exit: background threads (async checkpoint writers, grain workers) must not print
+  # their own shutdown noise after the one line.
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flags plus `--config.a.b=v` overrides (kept aside for the config loader)."""
+  from jaxaffect import config_lib
+  from jaxaffect.errors import UserError
+  try:
+    rest, overrides = config_lib.split_overrides(argv[1:])
+    _OVERRIDES[:] = overrides
+    return flags.FLAGS([argv[0], *rest])
+  except (flags.Error, UserError) as e:
+    _fail(str(e).splitlines()[0], 2)
+
+
+def _run() -> int:
+  from jaxaffect import config_lib
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config configs/demo.py")
+  config = config_lib.load(_CONFIG.value, _OVERRIDES)
+  config_lib.check_common(config)
   from jaxaffect import distributed
   distributed.maybe_initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
   import jax
-  from jaxaffect import trainer
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   # Libraries (orbax, grain, tfds) log through absl at INFO; keep the console for our own
   # messages (stdlib logging) unless the user asked for --verbosity.
   if not flags.FLAGS["verbosity"].present:
@@ -56,6 +81,7 @@ def _run(argv) -> int:
   if not workdir:
     raise app.UsageError("--workdir is required for --mode train/eval")
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  from jaxaffect import trainer
   if mode == "eval":
     trainer.evaluate_only(config, workdir)
   else:
@@ -64,16 +90,20 @@ def _run(argv) -> int:
 
 
 def main(argv) -> None:
-  from jaxaffect.errors import UserError
-  from jaxaffect.trainer import NonFiniteLossError
+  del argv
+  from jaxaffect.errors import UserError, one_line
   try:
-    sys.exit(_run(argv))
-  except (UserError, NonFiniteLossError) as e:
-    if os.environ.get("JAXAFFECT_DEBUG"):
+    status = _run()
+  except (UserError, KeyboardInterrupt, OSError) as e:
+    if _DEBUG.value or os.environ.get("JAXAFFECT_DEBUG"):
       raise
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    if isinstance(e, KeyboardInterrupt):
+      _fail("interrupted (Ctrl-C); rerun the same command to resume from the last checkpoint",
+            130)
+    _fail(one_line(e))
+  sys.stdout.flush()
+  sys.exit(status)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -7,8 +7,10 @@ so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from typing import Any
 
 import jax
@@ -49,8 +51,19 @@ class MetricWriter:
         from tensorboardX import SummaryWriter  # pure-Python event writer, no TensorFlow
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
+  def start_fresh(self) -> None:
+    """A run starting at step 0 keeps records it finds (a run killed before its first
+    checkpoint, or one whose checkpoints were moved away) under another name."""
+    if not self.enabled or not os.path.exists(self.path) or not os.path.getsize(self.path):
+      return
+    aside = f"{self.path}.before-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(self.path, aside)
+    logging.getLogger(__name__).warning("kept the earlier %s as %s", self.path, aside)
+
   def truncate_after(self, step: int) -> None:
-    """Drops events logged after `step` (they belong to a run that was killed)."""
+    """Drops events logged after `step`, the restored checkpoint of this run: the run that
+    wrote them was killed before checkpointing them (the workdir lock rules out another
+    writer)."""
     if not self.enabled or not os.path.exists(self.path):
       return
     kept = [json.dumps(rec) for rec in read_records(self.path)

@@ -19,17 +19,20 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxaffect import checkpointing
+from jaxaffect import config_lib
 from jaxaffect import metric_writer
 from jaxaffect import methods
 from jaxaffect import sharding as shd
 from jaxaffect import steps as steps_lib
-from jaxaffect.errors import PathNotFound
+from jaxaffect import workdir_lock
+from jaxaffect.errors import PathNotFound, UserError, WorkdirInUse
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
+class NonFiniteLossError(UserError):
+  """A non-finite loss or gradient: the run stops, naming the step and the last good
+  checkpoint."""
 
 
 class _Preemption:
@@ -83,13 +86,14 @@ def _check_batch(config, mesh) -> None:
 
 def initial_state(s: steps_lib.Setup, config, ckpt: checkpointing.Checkpointer | None,
                   train_iter=None) -> tuple[Any, int]:
-  """Returns (state, start_step)."""
-  latest = ckpt.latest_step() if ckpt is not None else None
+  """Returns (state, start_step): the newest verified checkpoint of this workdir, else
+  `init_from`, else a fresh init."""
   with s.context():
-    if latest is not None:
-      log.info("resuming from %s step %d", ckpt.directory, latest)
-      state = ckpt.restore(latest, s.abstract_state, train_iter)
-      return state, int(latest)
+    if ckpt is not None:
+      restored = ckpt.restore_latest(s.abstract_state, train_iter)
+      if restored is not None:
+        log.info("resuming from %s step %d", ckpt.directory, restored[1])
+        return restored
     state = s.init_fn(jax.random.key(int(config.seed)))
     for path in filter(None, (p.strip() for p in str(config.get("init_from", "")).split(","))):
       state = _init_from(s, state, path)
@@ -142,9 +146,33 @@ def _merge(parts: list[np.ndarray]):
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  os.makedirs(workdir, exist_ok=True)
-  s = setup(config)
-  s.method.workdir = workdir
+  """Trains (resuming from the workdir's newest verified checkpoint), then evaluates. Holds
+  the workdir's lock throughout: a second run on the same workdir fails at once."""
+  with workdir_lock.WorkdirLock(workdir, "train"):
+    return _train_and_evaluate(config, workdir)
+
+
+def _check_resume_config(config, workdir: str, ckpt) -> dict:
+  """The changed keys (empty when none) of a resumed run; refused unless resume_changes=allow."""
+  path = os.path.join(workdir, "config.json")
+  if ckpt.latest_step() is None or not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not readable JSON ({e}); restore it or use a new workdir"
+                    ) from None
+  diffs = config_lib.resume_differences(saved, config)
+  if diffs and config.get("resume_changes", "refuse") != "allow":
+    raise UserError(
+        f"resume refused: the config differs from the run in {workdir} "
+        f"({config_lib.describe_differences(diffs)}); pass --config.resume_changes=allow to "
+        "continue with the change, or use a new --workdir")
+  return diffs
+
+
+def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   total = int(config.total_steps)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=int(config.checkpoint.every_steps),
@@ -160,16 +188,29 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     _print_results(results)
     ckpt.close()
     return results
-
+  changes = _check_resume_config(config, workdir, ckpt)
+  s = setup(config)
+  s.method.workdir = workdir
   writer = metric_writer.MetricWriter(workdir)
   train_iter = s.method.train_iterator(seed=int(config.seed),
                                        global_batch_size=int(config.batch_size),
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count())
-  state, start = initial_state(s, config, ckpt, train_iter)
-  writer.truncate_after(start)
+  try:
+    state, start = initial_state(s, config, ckpt, train_iter)
+  except BaseException:
+    writer.close()
+    ckpt.close()
+    raise
   if start == 0:
+    writer.start_fresh()
     _write_config(workdir, config)
+  else:
+    writer.truncate_after(start)
+    if changes:
+      _write_config(workdir, config, step=start, changes=changes)
+      log.warning("resuming at step %d with changed config keys: %s", start,
+                  config_lib.describe_differences(changes))
   meta = {"config": json.loads(config.to_json_best_effort())}
   base_rng = jax.random.key(int(config.seed))
   preempt = _Preemption()
@@ -186,10 +227,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         batch = steps_lib.make_global_batch(local, s.batch_sharding)
         state, metrics = s.train_step(state, batch, base_rng)
         if pending is not None:
-          _check_finite(*pending, ckpt)
+          _check_finite(*pending, ckpt, s.abstract_state)
         pending = (step, metrics)
         if step % log_every == 0 or step == total:
-          _check_finite(*pending, ckpt)
+          _check_finite(*pending, ckpt, s.abstract_state)
           m = jax.device_get(metrics)
           now = time.perf_counter()
           rec = {f"train/{k}": float(v) for k, v in m.items() if k != "finite"}
@@ -202,7 +243,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if pbar is not None:
           pbar.update(1)
         if ckpt.should_save(step) or step == total:
-          _check_finite(*pending, ckpt)  # never checkpoint a non-finite step
+          _check_finite(*pending, ckpt, s.abstract_state)  # never checkpoint a non-finite step
           ckpt.save(step, state, train_iter, meta)
         if eval_every and step % eval_every == 0 and step != total:
           writer.write(step, {f"eval/{k}": v for k, v in evaluate(s, config, state).items()})
@@ -214,9 +255,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           writer.close()
           raise SystemExit(0)
     if pending is not None:
-      _check_finite(*pending, ckpt)
-  except BaseException:
+      _check_finite(*pending, ckpt, s.abstract_state)
+  except BaseException as e:
     writer.close()
+    if not isinstance(e, SystemExit):  # preemption closed the checkpointer already
+      if isinstance(e, KeyboardInterrupt):
+        log.warning("interrupted at step %d; waiting for checkpoint writes to finish", step)
+      _close_quietly(ckpt)
     raise
   finally:
     if pbar is not None:
@@ -235,35 +280,72 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   return results
 
 
+def _close_quietly(ckpt) -> None:
+  """Finishes in-flight checkpoint writes on the way out of a failed run; an error there (a
+  full disk) must not hide the first one."""
+  try:
+    ckpt.close()
+  except Exception as e:  # pylint: disable=broad-except
+    log.warning("checkpoint writes did not finish: %s", str(e).splitlines()[0] if str(e) else e)
+
+
 def evaluate_only(config, workdir: str) -> dict[str, float]:
-  """--mode eval: restores the latest checkpoint of `workdir` (or `init_from`) and evaluates."""
+  """--mode eval: restores the newest verified checkpoint of `workdir` (or `init_from`) and
+  evaluates. Results are appended to metrics.jsonl when the workdir is writable and no run
+  holds it; they are printed in any case."""
   s = setup(config)
   s.method.workdir = workdir
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
-  if ckpt.latest_step() is None and not config.get("init_from", ""):
-    raise PathNotFound(f"--mode eval: no checkpoint under {ckpt.directory} and no "
-                            "config.init_from")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt = None
+  if os.path.isdir(ckpt_dir):
+    ckpt = checkpointing.Checkpointer(ckpt_dir, every_steps=1, keep=1, create=False,
+                                      quarantine=False)
+  if (ckpt is None or ckpt.latest_step() is None) and not config.get("init_from", ""):
+    raise PathNotFound(f"--mode eval: no checkpoint under {ckpt_dir} and no config.init_from")
   state, step = initial_state(s, config, ckpt)
   results = {f"eval/{k}": v for k, v in evaluate(s, config, state).items()}
-  metric_writer.MetricWriter(workdir, tensorboard=False).write(step, results)
   _print_results(results)
-  ckpt.close()
+  try:
+    with workdir_lock.WorkdirLock(workdir, "eval"):
+      metric_writer.MetricWriter(workdir, tensorboard=False).write(step, results)
+  except (UserError, OSError) as e:
+    log.warning("results not written to %s/metrics.jsonl: %s", workdir,
+                str(e).splitlines()[0])
+  if ckpt is not None:
+    ckpt.close()
   return results
 
 
-def _check_finite(step: int, metrics: dict, ckpt) -> None:
+def _check_finite(step: int, metrics: dict, ckpt, abstract_state) -> None:
   if not bool(jax.device_get(metrics["finite"])):
     loss = float(jax.device_get(metrics["loss"]))
     ckpt.wait()
+    good = ckpt.newest_intact_step(abstract_state)
+    where = (f"the last good (verified) checkpoint is step {good} in {ckpt.directory}"
+             if good is not None else f"no verified checkpoint in {ckpt.directory}")
     raise NonFiniteLossError(
-        f"non-finite loss ({loss}) or gradient at step {step}; stopping. The last good "
-        f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}.")
+        f"non-finite loss ({loss}) or gradient at step {step}; stopping: {where}")
 
 
-def _write_config(workdir: str, config) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def _write_config(workdir: str, config, step: int = 0, changes: dict | None = None) -> None:
+  """config.json: the run's config; a resume with accepted changes appends them to its
+  history (key, old and new value, step, time)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  history = []
+  if changes and os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      history = json.load(f).get(config_lib.HISTORY_KEY, [])
+  if changes:
+    history.append({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "changes": {k: [a, b] for k, (a, b) in changes.items()}})
+  out = config_lib.as_json_dict(config)
+  if history:
+    out[config_lib.HISTORY_KEY] = history
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
 
 
 def _progress(start: int, total: int):

@@ -8,9 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
-
+from jaxaffect import config_lib
 from jaxaffect import methods
 from jaxaffect import summary
 from jaxaffect import sweep
@@ -39,13 +37,8 @@ EXPECTED = {
 
 def _config(arg="smoke", overrides=None):
   """The config exactly as `jaxaffect.main --config ... --config.k=v` parses it."""
-  argv = ["prog", f"--config={CONFIG}:{arg}",
-          *[f"--config.{k}={v}" for k, v in (overrides or {}).items()]]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
-                                  sys_argv=argv)
-  fv(argv)
-  return fv.config
+  return config_lib.load(f"{CONFIG}:{arg}",
+                         [f"--config.{k}={v}" for k, v in (overrides or {}).items()])
 
 
 def _params(**kw):

@@ -90,7 +90,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   c2.total_steps = 4
   trainer.train_and_evaluate(c2, str(tmp_path / "b"))
   os.remove(tmp_path / "b" / "results.json")
-  resumed = trainer.train_and_evaluate(c, str(tmp_path / "b"))
+  c3 = c.copy_and_resolve_references()
+  c3.resume_changes = "allow"  # total_steps 4 -> 8 stands in for a run killed at step 4
+  resumed = trainer.train_and_evaluate(c3, str(tmp_path / "b"))
   assert resumed == full
   read = lambda d: [(r["step"], r["train/loss"]) for r in map(json.loads, open(d / "metrics.jsonl"))
                     if "train/loss" in r]
