@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any
 
@@ -77,8 +78,23 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0
 
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save that cannot fit, before orbax's writer threads fail halfway through it."""
+    need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    need = int(need * 1.1) + (1 << 20)  # metadata, iterator state, json items
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      free = None
+    if not _all_agree(free is None or free >= need):
+      raise UserError(f"cannot write checkpoint step {step} to {self.directory}: about "
+                      f"{need / 2**20:.0f} MiB needed, {(free or 0) / 2**20:.0f} MiB free on "
+                      "that disk; free some space and rerun the same command to resume")
+
   def save(self, step: int, state: Any, data_iter=None, meta: dict | None = None,
            force: bool = False) -> bool:
+    self.wait()  # one save in flight at a time; surfaces the previous save's error here
+    self._check_space(step, state)
     integrity = {"version": _INTEGRITY_VERSION, "arrays": checksums.of_arrays(state)}
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
@@ -91,7 +107,11 @@ class Checkpointer:
     if meta is not None:
       items["meta"] = ocp.args.JsonSave(meta)
     items["integrity"] = ocp.args.JsonSave(integrity)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"cannot write checkpoint step {step} to {self.directory}: "
+                      f"{_short(e)}") from e
 
   # ---- restore with verification and fallback ---------------------------------------------
 
@@ -231,10 +251,13 @@ class Checkpointer:
     return None
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f"a checkpoint write to {self.directory} failed: {_short(e)}") from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 

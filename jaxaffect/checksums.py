@@ -79,7 +79,9 @@ def shape_differences(saved: dict[str, dict], current: dict[str, dict], limit: i
                       ) -> list[str]:
   """Human-readable differences of two `structure` records (missing, extra, reshaped leaves)."""
   out = []
-  for k in sorted(set(saved) | set(current)):
+  # Parameters first: they name the layer; optimizer moments repeat them.
+  order = lambda k: (not k.startswith("['params']"), k.startswith("['opt_state']"), k)
+  for k in sorted(set(saved) | set(current), key=order):
     a, b = saved.get(k), current.get(k)
     if a is None:
       out.append(f"{k} is new")

@@ -172,13 +172,13 @@ def _parse_value(raw: str, old: Any, key: str) -> Any:
   except (ValueError, SyntaxError):
     if old is None:
       return raw
-    raise UserError(f"--config.{key}={raw}: expected a {type(old).__name__}") from None
+    raise UserError(f"--config.{key}={raw}: expected {type(old).__name__}") from None
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
     value = type(old)(value)
   if old is not None and not isinstance(value, type(old)):
-    raise UserError(f"--config.{key}={raw}: expected a {type(old).__name__}, got "
+    raise UserError(f"--config.{key}={raw}: expected {type(old).__name__}, got "
                     f"{type(value).__name__}")
   return value
 

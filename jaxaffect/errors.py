@@ -2,6 +2,7 @@
 disk): main prints them as one line."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -36,3 +37,16 @@ def one_line(e: BaseException) -> str:
     return os_error_line(e)
   text = str(e).strip() or type(e).__name__
   return text.splitlines()[0]
+
+
+@contextlib.contextmanager
+def writing(path: str):
+  """Turns an OSError of the block into one line naming `path` (a full or read-only disk)."""
+  try:
+    yield
+  except OSError as e:
+    if isinstance(e, UserError):
+      raise
+    if not e.filename:
+      e.filename = path
+    raise UserError(os_error_line(e, "write")) from None

@@ -40,6 +40,25 @@ def _fail(msg: str, status: int = 1):
   os._exit(status)
 
 
+class _DropLibraryErrors(std_logging.Filter):
+  """Orbax's writer threads log each failure of a save (with a traceback) before the main thread
+  sees it; the main thread's one `error:` line reports it once."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (record.levelno >= std_logging.ERROR and "/orbax/" in record.pathname)
+
+
+def _quiet_background_failures() -> None:
+  """A full disk or Ctrl-C makes background threads (orbax writers, tensorstore callbacks on a
+  closed event loop) print hundreds of tracebacks; the main thread reports the cause once."""
+  import threading
+  threading.excepthook = lambda args: None
+  sys.unraisablehook = lambda unraisable: None
+  std_logging.getLogger("absl").addFilter(_DropLibraryErrors())
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(_DropLibraryErrors())
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flags plus `--config.a.b=v` overrides (kept aside for the config loader)."""
   from jaxaffect import config_lib
@@ -58,6 +77,8 @@ def _run() -> int:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   config = config_lib.load(_CONFIG.value, _OVERRIDES)
   config_lib.check_common(config)
+  from jaxaffect import optim
+  optim.check_config(config)
   from jaxaffect import distributed
   distributed.maybe_initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
@@ -92,6 +113,8 @@ def _run() -> int:
 def main(argv) -> None:
   del argv
   from jaxaffect.errors import UserError, one_line
+  if not (_DEBUG.value or os.environ.get("JAXAFFECT_DEBUG")):
+    _quiet_background_failures()
   try:
     status = _run()
   except (UserError, KeyboardInterrupt, OSError) as e:

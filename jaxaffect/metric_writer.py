@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxaffect.errors import writing
+
 
 def _to_py(v: Any) -> Any:
   if isinstance(v, (np.generic, np.ndarray)) and np.ndim(v) == 0:
@@ -57,7 +59,8 @@ class MetricWriter:
     if not self.enabled or not os.path.exists(self.path) or not os.path.getsize(self.path):
       return
     aside = f"{self.path}.before-{time.strftime('%Y%m%dT%H%M%S')}"
-    os.replace(self.path, aside)
+    with writing(aside):
+      os.replace(self.path, aside)
     logging.getLogger(__name__).warning("kept the earlier %s as %s", self.path, aside)
 
   def truncate_after(self, step: int) -> None:
@@ -69,16 +72,17 @@ class MetricWriter:
     kept = [json.dumps(rec) for rec in read_records(self.path)
             if int(rec.get("step", 0)) <= step]
     tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write("".join(k + "\n" for k in kept))
-    os.replace(tmp, self.path)
+    with writing(tmp):
+      with open(tmp, "w") as f:
+        f.write("".join(k + "\n" for k in kept))
+      os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled or not metrics:
       return
     rec = {"step": int(step)}
     rec.update({k: _to_py(v) for k, v in metrics.items()})
-    with open(self.path, "a") as f:
+    with writing(self.path), open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
     if self._tb is not None:
       for k, v in metrics.items():

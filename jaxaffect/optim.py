@@ -18,11 +18,27 @@ import jax
 import optax
 from flax import traverse_util
 
+from jaxaffect import config_lib
+from jaxaffect.errors import UserError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear", "step")
+
+
+def check_config(config) -> None:
+  """Names and numbers of the optimizer and schedule, checked before any work starts."""
+  config_lib.check_choice("optimizer.name", config.optimizer.get("name", "adam"), OPTIMIZERS)
+  config_lib.check_choice("schedule.name", config.schedule.get("name", "constant"), SCHEDULES)
+  multi_steps(config)
+  if float(config.optimizer.learning_rate) < 0:
+    raise UserError(
+        f"config.optimizer.learning_rate={config.optimizer.learning_rate} is negative")
+
 
 def multi_steps(config) -> int:
   k = int(config.optimizer.get("multi_steps", 1) or 1)
   if k < 1:
-    raise ValueError(f"optimizer.multi_steps must be >= 1, got {k}")
+    raise UserError(f"config.optimizer.multi_steps must be >= 1, got {k}")
   return k
 
 

@@ -76,11 +76,11 @@ def _check_batch(config, mesh) -> None:
   for key in ("batch_size", "eval_batch_size"):
     b = int(config.get(key, config.batch_size))
     if b % div or b % jax.process_count():
-      raise ValueError(f"config.{key}={b} must be divisible by the data x fsdp mesh size ({div}) "
+      raise UserError(f"config.{key}={b} must be divisible by the data x fsdp mesh size ({div}) "
                        f"and the process count ({jax.process_count()})")
   accum = int(config.get("grad_accum_steps", 1) or 1)
   if (config.batch_size // accum) % div or config.batch_size % accum:
-    raise ValueError(f"config.batch_size={config.batch_size} / grad_accum_steps={accum} must be "
+    raise UserError(f"config.batch_size={config.batch_size} / grad_accum_steps={accum} must be "
                      f"an integer divisible by the data x fsdp mesh size ({div})")
 
 
@@ -198,6 +198,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                        process_count=jax.process_count())
   try:
     state, start = initial_state(s, config, ckpt, train_iter)
+  except checkpointing.ModelChanged as e:
+    writer.close()
+    ckpt.close()
+    keys = config_lib.describe_differences(changes) if changes else "none besides the model's"
+    raise checkpointing.ModelChanged(f"{e}; changed config keys: {keys}") from None
   except BaseException:
     writer.close()
     ckpt.close()

@@ -1,6 +1,8 @@
 """A tiny method (MLP classifier on an in-memory dataset) to test the platform on its own."""
 from __future__ import annotations
 
+import time
+
 import flax.linen as nn
 import grain
 import jax
@@ -40,11 +42,22 @@ class _Source:
     return {"x": self.x[i], "label": self.y[i]}
 
 
+class _Delay:
+  """Sleeps per batch: keeps a test run alive long enough to meet a second run."""
+
+  def __init__(self, seconds):
+    self.seconds = seconds
+
+  def __call__(self, batch):
+    time.sleep(self.seconds)
+    return batch
+
+
 class ToyMethod(base.Method):
   state_collections = ("batch_stats",)
 
   def build_model(self):
-    return ToyModel()
+    return ToyModel(hidden=int(self.config.model.get("hidden", 32)))
 
   def example_batch(self, b):
     return {"x": np.zeros((b, 16), np.float32), "label": np.zeros((b,), np.int32)}
@@ -68,6 +81,9 @@ class ToyMethod(base.Method):
     ds = (grain.MapDataset.source(_Source(256, 0)).seed(seed).shuffle().repeat(None)
           .batch(global_batch_size // process_count, drop_remainder=True)
           [process_index::process_count])
+    delay = float(self.config.dataset.get("delay_s", 0.0))
+    if delay:
+      ds = ds.map(_Delay(delay))
     return iter(ds.to_iter_dataset())
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
@@ -89,6 +105,8 @@ def toy_config(**mesh) -> ml_collections.ConfigDict:
   c.eval_batch_size = 16
   c.mesh.update(mesh or dict(data=-1, fsdp=1, tensor=1))
   c.optimizer.learning_rate = 1e-2
+  c.model.hidden = 32
+  c.dataset.delay_s = 0.0
   return c
 
 

@@ -215,7 +215,8 @@ def _extraction_kwargs(ds) -> dict:
 
 def _build(ds, **kwargs):
   from data_pipelines.builders import emotion_gait  # pylint: disable=g-import-not-at-top
-  with sources.build_errors(ds.name, emotion_gait.RawLayoutError, emotion_gait.GaitConfigError):
+  with sources.build_errors(ds.name, emotion_gait.RawLayoutError, emotion_gait.GaitConfigError,
+                            data=tfds_dir(ds)):
     return emotion_gait.build_emotion_gait(raw_dir(ds), tfds_dir(ds), _extraction_kwargs(ds),
                                            **kwargs)
 

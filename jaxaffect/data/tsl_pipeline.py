@@ -440,7 +440,8 @@ def _builder_options(ds) -> dict:
 
 def _build(ds, **kwargs):
   from data_pipelines.builders import tsl300  # pylint: disable=g-import-not-at-top
-  with sources.build_errors(ds.name, tsl300.RawLayoutError, tsl300.TSLConfigError):
+  with sources.build_errors(ds.name, tsl300.RawLayoutError, tsl300.TSLConfigError,
+                            data=tfds_dir(ds)):
     return tsl300.build_tsl300(raw_dir(ds), tfds_dir(ds), _builder_options(ds), **kwargs)
 
 

@@ -53,7 +53,9 @@ Behaviour where the original code is undefined or crashes (documented deviations
     ground-truth segments with equal tIoU are tried in file order. The original ranks with
     NumPy's unstable argsort reversed, whose order on ties varies with the NumPy build.
   * The prediction file's "version"/"external_data" keys are not required.
-Segments with start > end, non-finite numbers, or missing keys are errors naming the file and key.
+Segments with start > end, non-finite numbers, or missing keys are errors naming the file and key;
+a file that is missing, not UTF-8 text or not complete JSON is an error naming the file (the CLI
+prints it as one `error:` line and exits with status 2).
 """
 from __future__ import annotations
 
@@ -118,13 +120,19 @@ def _key(mapping: Any, key: str, where: str, source: str) -> Any:
   return mapping[key]
 
 
+def _short(value: Any) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(value: Any, where: str, source: str) -> float:
   try:
     x = float(value)
-  except (TypeError, ValueError):
-    raise LocalizationInputError(f"{source}: {where} = {value!r} is not a number") from None
+  except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past 1e308
+    raise LocalizationInputError(f"{source}: {where} = {_short(value)} is not a number"
+                                 ) from None
   if not math.isfinite(x):
-    raise LocalizationInputError(f"{source}: {where} = {value!r} is not finite")
+    raise LocalizationInputError(f"{source}: {where} = {_short(value)} is not finite")
   return x
 
 
@@ -333,17 +341,29 @@ def evaluate_detection(ground_truth: Mapping, predictions: Mapping, *, subset: s
 
 
 def load_json(path: str, what: str) -> Any:
+  """The parsed file; LocalizationInputError naming it when it is missing, unreadable, not
+  UTF-8 text (JSON's encoding; a UTF-8 BOM is accepted) or not (complete) JSON."""
   try:
-    with open(path, "r") as f:
-      text = f.read()
+    with open(path, "rb") as f:
+      data = f.read()
   except FileNotFoundError:
     raise LocalizationInputError(f"{what} file not found: {path}") from None
   except OSError as e:
     raise LocalizationInputError(f"cannot read {what} file {path}: {e.strerror or e}") from None
   try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise LocalizationInputError(
+        f"{what} file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+        f"{e.start}); JSON files must be UTF-8") from None
+  try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise LocalizationInputError(f"{what} file {path} is not valid JSON: {e}") from None
+    cut = " (truncated?)" if e.pos >= len(text.rstrip()) else ""
+    raise LocalizationInputError(f"{what} file {path} is not valid JSON{cut}: {e}") from None
+  except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting too deep
+    raise LocalizationInputError(f"{what} file {path} cannot be parsed: "
+                                 f"{type(e).__name__}: {e}") from None
 
 
 def evaluate_files(ground_truth_path: str, predictions_path: str, *, subset: str = "validation",
@@ -387,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             tiou_thresholds=_parse_tiou(args.tiou),
                             unknown_videos=args.unknown_videos.replace("-", "_"))
   except LocalizationInputError as e:
-    print(f"error: {e}", file=sys.stderr)
+    # One line even when a key read from the file holds a newline.
+    print("error: " + " ".join(str(e).split("\n")), file=sys.stderr)
     return 2
   print(json.dumps(result, indent=2))
   return 0

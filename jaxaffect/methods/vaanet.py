@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxaffect import config_lib
+from jaxaffect.errors import UserError
 from jaxaffect.evaluation import classification
 from jaxaffect.methods import base
 from jaxaffect.models import vaanet as vaanet_model
@@ -39,10 +41,9 @@ class Method(base.Method):
     # "frames": decoded snippets through the frozen backbone; "features": the backbone's cached
     # layer4 outputs (see jaxaffect/feature_cache.py), the backbone is not built.
     self.visual_input = kwargs.pop("visual_input", "frames")
-    if self.visual_input not in ("frames", "features"):
-      from jaxaffect.errors import UserError
-      raise UserError(f"config.model.visual_input must be 'frames' or 'features', got "
-                      f"{self.visual_input!r}")
+    config_lib.check_choice("model.visual_input", self.visual_input, ("frames", "features"))
+    # "pcce": polarity-consistent CE (the paper); "ce": plain cross-entropy (its ablation).
+    config_lib.check_choice("loss.name", self.config.loss.get("name", "pcce"), ("pcce", "ce"))
     kwargs.setdefault("num_classes", int(ds.num_classes))
     kwargs.setdefault("num_segments", int(ds.num_segments))
     kwargs.setdefault("audio_segments", int(ds.audio_segments))
@@ -109,7 +110,6 @@ class Method(base.Method):
   def _feature_cache(self, split):
     from jaxaffect import feature_cache
     if not self.config.dataset.get("feature_cache", ""):
-      from jaxaffect.errors import UserError
       raise UserError("model.visual_input='features' needs --config.dataset.feature_cache=DIR "
                       "(built with python -m jaxaffect.feature_cache)")
     return feature_cache.CachedFeatures(self.config.dataset.feature_cache, split)

@@ -10,7 +10,8 @@ the denominator, numpy ddof=1): the splits are a sample of possible train/test p
 this is what "mean +- std over 10 splits" usually reports; it is null for a single run.
 
 Errors (exit status 1, one line each, nothing printed on stdout): a folder or glob with no
-results.json, a run that stopped before config.total_steps, the same split twice, splits missing
+results.json, a results.json or config.json that is unreadable, not UTF-8, cut short or not a JSON
+object, a run that stopped before config.total_steps, the same split twice, splits missing
 from 1..--expect (or, without split numbers, a run count other than --expect; --expect 0 turns
 these split checks off, e.g. to aggregate seeds of one split), and a headline metric missing from some run. Runs whose configs differ in more
 than the split (and seed/init_from) are aggregated with a warning on stderr naming the keys.
@@ -79,6 +80,37 @@ def _is_scalar(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def read_json_object(path: str) -> dict[str, Any]:
+  """A JSON object from `path`; AggregateError naming the file when it cannot be read, is not
+  UTF-8, is cut short or is not an object."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise AggregateError(f"{path}: unreadable: {e.strerror or e}") from None
+  try:
+    obj = json.loads(data.decode("utf-8-sig"))
+  except UnicodeDecodeError as e:
+    raise AggregateError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                         f"{e.start})") from None
+  except json.JSONDecodeError as e:
+    raise AggregateError(f"{path}: not valid JSON (truncated or damaged?): {e}") from None
+  except (ValueError, RecursionError) as e:
+    raise AggregateError(f"{path}: cannot be parsed: {type(e).__name__}: {e}") from None
+  if not isinstance(obj, dict):
+    raise AggregateError(f"{path}: holds a JSON {type(obj).__name__}, expected an object")
+  return obj
+
+
+def _int(value: Any, path: str, key: str) -> int | None:
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except (TypeError, ValueError, OverflowError):
+    raise AggregateError(f"{path}: {key} = {str(value)[:40]!r} is not an integer") from None
+
+
 def load_runs(dirs: Sequence[str], expect: int = 10, errors: Sequence[str] = ()
               ) -> list[dict[str, Any]]:
   """[{workdir, split, step, metrics, config}] checked for completeness; raises AggregateError
@@ -93,31 +125,24 @@ def load_runs(dirs: Sequence[str], expect: int = 10, errors: Sequence[str] = ()
       errors.append(f"{d}: no results.json (the run has not finished)")
       continue
     try:
-      with open(res_path) as f:
-        results = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      errors.append(f"{res_path}: unreadable: {e}")
+      results = read_json_object(res_path)
+      cfg_path = os.path.join(d, "config.json")
+      config = read_json_object(cfg_path) if os.path.exists(cfg_path) else {}
+      metrics = {k: float(v) for k, v in results.items() if k != "step" and _is_scalar(v)}
+      if not metrics:
+        raise AggregateError(f"{res_path}: no scalar metrics")
+      step, total = results.get("step"), config.get("total_steps")
+      step_n, total_n = _int(step, res_path, "step"), _int(total, cfg_path, "total_steps")
+      if step_n is not None and total_n is not None and step_n < total_n:
+        raise AggregateError(f"{d}: results.json is from step {step} of {total} "
+                             "(incomplete run)")
+      dataset = config.get("dataset") or {}
+      split = _int(dataset.get("split") if isinstance(dataset, dict) else None, cfg_path,
+                   "dataset.split")
+    except AggregateError as e:
+      errors.append(str(e))
       continue
-    config = {}
-    cfg_path = os.path.join(d, "config.json")
-    if os.path.exists(cfg_path):
-      try:
-        with open(cfg_path) as f:
-          config = json.load(f)
-      except (OSError, json.JSONDecodeError) as e:
-        errors.append(f"{cfg_path}: unreadable: {e}")
-        continue
-    metrics = {k: float(v) for k, v in results.items() if k != "step" and _is_scalar(v)}
-    if not metrics:
-      errors.append(f"{res_path}: no scalar metrics")
-      continue
-    step, total = results.get("step"), config.get("total_steps")
-    if step is not None and total is not None and int(step) < int(total):
-      errors.append(f"{d}: results.json is from step {step} of {total} (incomplete run)")
-      continue
-    split = (config.get("dataset") or {}).get("split")
-    runs.append(dict(workdir=d, split=None if split is None else int(split), step=step,
-                     metrics=metrics, config=config))
+    runs.append(dict(workdir=d, split=split, step=step, metrics=metrics, config=config))
   if not runs and not errors:
     errors.append("no workdirs given")
   if runs and all(r["split"] is not None for r in runs):

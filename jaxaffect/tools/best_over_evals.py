@@ -19,7 +19,7 @@ For the original's protocol set eval_every_steps to the steps of one epoch. Outp
 table on stdout and the same numbers as JSON (--json-out FILE; --write also puts each workdir's
 record into WORKDIR/best_over_evals.json, next to, not into, results.json).
 Exit status 1 (one line per problem on stderr) when a workdir has no metrics.jsonl or no
-evaluation of --metric.
+evaluation of --metric, or when its metrics.jsonl or results.json is not UTF-8 text or not JSON.
 """
 from __future__ import annotations
 
@@ -47,10 +47,22 @@ def eval_history(workdir: str, metric: str = "eval/top1") -> list[tuple[int, flo
   if not os.path.exists(path):
     raise HistoryError(f"{workdir}: no metrics.jsonl")
   out = []
-  for rec in metric_writer.read_records(path):
-    v = rec.get(metric)
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-      out.append((int(rec.get("step", 0)), float(v)))
+  try:
+    for rec in metric_writer.read_records(path):
+      v = rec.get(metric) if isinstance(rec, dict) else None
+      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        step = rec.get("step", 0)
+        if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+          raise HistoryError(f"{path}: a record of {metric!r} has step {str(step)[:40]!r}, "
+                             "expected a number")
+        out.append((int(step), float(v)))
+  except UnicodeDecodeError as e:
+    raise HistoryError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}: "
+                       f"{e.reason})") from None
+  except OSError as e:
+    raise HistoryError(f"{path}: unreadable: {e.strerror or e}") from None
+  except (ValueError, RecursionError) as e:  # a line json.loads rejects otherwise
+    raise HistoryError(f"{path}: cannot be parsed: {type(e).__name__}: {e}") from None
   if not out:
     raise HistoryError(f"{workdir}: metrics.jsonl holds no evaluation of {metric!r}")
   return out
@@ -66,11 +78,30 @@ def best_over_evals(workdir: str, metric: str = "eval/top1") -> dict[str, Any]:
   }
   res_path = os.path.join(workdir, "results.json")
   if os.path.exists(res_path):
-    with open(res_path) as f:
-      res = json.load(f)
+    res = _read_results(res_path)
     rec["heldout_top1_final"] = res.get(metric)
     rec["final_step"] = res.get("step")
   return rec
+
+
+def _read_results(path: str) -> dict[str, Any]:
+  """results.json as a dict; HistoryError naming it when unreadable, not UTF-8 or not JSON."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+    res = json.loads(data.decode("utf-8-sig"))
+  except OSError as e:
+    raise HistoryError(f"{path}: unreadable: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise HistoryError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                       f"{e.start})") from None
+  except json.JSONDecodeError as e:
+    raise HistoryError(f"{path}: not valid JSON (truncated or damaged?): {e}") from None
+  except (ValueError, RecursionError) as e:
+    raise HistoryError(f"{path}: cannot be parsed: {type(e).__name__}: {e}") from None
+  if not isinstance(res, dict):
+    raise HistoryError(f"{path}: holds a JSON {type(res).__name__}, expected an object")
+  return res
 
 
 def _expand(paths: Sequence[str]) -> list[str]:
