@@ -6,9 +6,11 @@ import ast
 import difflib
 import importlib.util
 import os
+import sys
 from typing import Any, Iterable, Sequence
 
 import ml_collections
+from absl import flags
 
 from jaxaffect.errors import PathNotFound, UserError
 
@@ -145,6 +147,21 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     else:
       rest.append(a)
   return rest, overrides
+
+
+def absl_flags_parser(overrides: list[str]):
+  """An `app.run(..., flags_parser=...)` for CLIs with a string flag `--config`: keeps the
+  `--config.a.b=v` overrides aside in `overrides` for `load`; one line on a bad flag."""
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      rest, found = split_overrides(argv[1:])
+      overrides[:] = found
+      return flags.FLAGS([argv[0], *rest])
+    except (flags.Error, UserError) as e:
+      print(f"error: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
+      raise SystemExit(2) from None
+
+  return parse
 
 
 def flat_keys(config, prefix: str = "") -> dict[str, Any]:

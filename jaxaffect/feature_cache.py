@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxaffect import config_lib
+
 log = logging.getLogger(__name__)
 
 _FEATURE_DTYPE = np.float16
@@ -229,19 +231,20 @@ def eval_batches(cache: CachedFeatures, *, global_batch_size: int, process_index
 
 def main(argv=None) -> None:
   from absl import app, flags
-  from ml_collections import config_flags
 
-  config_flag = config_flags.DEFINE_config_file("config", None, "Config file.",
-                                                lock_config=True)
+  config_flag = flags.DEFINE_string("config", None, "Config file (path[:arg]); override keys "
+                                    "with --config.a.b=value.", required=True)
+  overrides: list[str] = []
   out = flags.DEFINE_string("out", None, "Cache directory.", required=True)
   views = flags.DEFINE_integer("views", 4, "Pre-sampled training views per video.")
   batch = flags.DEFINE_integer("batch_size", 8, "Videos per backbone call.")
 
   def run(_):
     logging.getLogger("jaxaffect").setLevel(logging.INFO)
-    build_cache(config_flag.value, out.value, views=views.value, batch_size=batch.value)
+    config = config_lib.load(config_flag.value, overrides)
+    build_cache(config, out.value, views=views.value, batch_size=batch.value)
 
-  app.run(run, argv=argv)
+  app.run(run, argv=argv, flags_parser=config_lib.absl_flags_parser(overrides))
 
 
 if __name__ == "__main__":

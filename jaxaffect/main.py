@@ -14,6 +14,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxaffect import config_lib
+
 _CONFIG = flags.DEFINE_string("config", None, "Config file (path[:arg]); override its keys with "
                               "--config.a.b=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics).")
@@ -59,20 +61,7 @@ def _quiet_background_failures() -> None:
     handler.addFilter(_DropLibraryErrors())
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flags plus `--config.a.b=v` overrides (kept aside for the config loader)."""
-  from jaxaffect import config_lib
-  from jaxaffect.errors import UserError
-  try:
-    rest, overrides = config_lib.split_overrides(argv[1:])
-    _OVERRIDES[:] = overrides
-    return flags.FLAGS([argv[0], *rest])
-  except (flags.Error, UserError) as e:
-    _fail(str(e).splitlines()[0], 2)
-
-
 def _run() -> int:
-  from jaxaffect import config_lib
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   config = config_lib.load(_CONFIG.value, _OVERRIDES)
@@ -129,4 +118,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=config_lib.absl_flags_parser(_OVERRIDES))

@@ -48,6 +48,9 @@ import threading
 import time
 from typing import Any, Sequence
 
+from jaxaffect import config_lib
+from jaxaffect.errors import UserError
+
 # Named override sets. Values are strings exactly as on the command line (--config.k=v).
 PRESETS: dict[str, list[tuple[str, dict[str, str]]]] = {
     # VAANet's ablations (the paper's attention/PCCE study): the full model and one row per
@@ -234,15 +237,12 @@ def build_variants(named: Sequence[tuple[str | None, dict[str, str]]],
 
 
 def load_config(spec: str):
-  """get_config(arg) of `path[:arg]`, as ml_collections' config_flags calls it."""
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise UsageError(f"--config: {path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location("jaxaffect_sweep_config", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  """get_config(arg) of `path[:arg]`, as `jaxaffect.main` reads it (unlocked: variants add
+  their overrides later)."""
+  try:
+    return config_lib.load(spec, lock=False)
+  except UserError as e:
+    raise UsageError(str(e)) from None
 
 
 def unknown_keys(config, keys) -> list[str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import os
 import sys
 import time
 
+from jaxaffect import config_lib
 from jaxaffect.errors import UserError
 
 
@@ -17,45 +16,8 @@ def _say(msg: str) -> None:
 
 
 def load_config(spec: str, overrides: list[str]):
-  """configs/x.py[:arg] plus --config.a.b=value overrides (typed by the existing value)."""
-  path, arg = spec, None
-  if ":" in spec and not os.path.exists(spec):
-    path, _, arg = spec.rpartition(":")
-  if not os.path.exists(path):
-    from jaxaffect.errors import PathNotFound
-    raise PathNotFound(f"--config: {path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location("jaxaffect_convert_config", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg is not None else module.get_config()
-  for item in overrides:
-    if not item.startswith("--config.") or "=" not in item:
-      raise UserError(f"unrecognised argument {item!r} (overrides look like --config.a.b=value)")
-    key, _, raw = item[len("--config."):].partition("=")
-    *parents, leaf = key.split(".")
-    node = config
-    try:
-      for p in parents:
-        node = node[p]
-      old = node[leaf]
-    except (KeyError, AttributeError) as e:
-      raise UserError(f"--config.{key}: no such config key") from e
-    if isinstance(old, bool):
-      if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise UserError(f"--config.{key}: expected a bool, got {raw!r}")
-      value = raw.lower() in ("true", "1", "yes")
-    elif isinstance(old, str):
-      value = raw
-    else:
-      try:
-        value = ast.literal_eval(raw)
-      except (ValueError, SyntaxError):
-        value = raw
-    try:
-      node[leaf] = value
-    except (TypeError, ValueError) as e:
-      raise UserError(f"--config.{key}={raw}: {e}") from e
-  return config
+  """configs/x.py[:arg] plus --config.a.b=value overrides, as `jaxaffect.main` reads them."""
+  return config_lib.load(spec, overrides)
 
 
 def _parser() -> argparse.ArgumentParser:

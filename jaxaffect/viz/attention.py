@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxaffect import config_lib
+
 log = logging.getLogger(__name__)
 
 # dataset keys that never change what the model computes (paths, generation, workers).
@@ -316,9 +318,10 @@ def to_json(result: dict[str, Any]) -> dict[str, Any]:
 
 def _cli():
   from absl import app, flags
-  from ml_collections import config_flags
 
-  config_flag = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
+  config_flag = flags.DEFINE_string("config", None, "Config file (path[:arg]); override keys "
+                                    "with --config.a.b=value.")
+  overrides: list[str] = []
   workdir = flags.DEFINE_string("workdir", None, "Trained workdir (its checkpoints).")
   video = flags.DEFINE_string("video", None, "Video file (any format PyAV decodes).")
   out = flags.DEFINE_string("out", None, "Output PNG.")
@@ -338,9 +341,9 @@ def _cli():
                     ("out", out)):
       if f.value is None:
         raise app.UsageError(f"--{name} is required")
-    config = config_flag.value
     wd = os.path.abspath(os.path.expanduser(workdir.value))
     try:
+      config = config_lib.load(config_flag.value, overrides, lock=False)
       changed = sync_with_workdir(config, wd)
       if changed:
         print(f"from {wd}/config.json: {', '.join(changed)}", flush=True)
@@ -363,7 +366,7 @@ def _cli():
           f"({float(np.max(probs)):.3f}), gamma {np.round(result['gamma'], 3).tolist()}, "
           f"checkpoint step {result['step']}", flush=True)
 
-  app.run(main)
+  app.run(main, flags_parser=config_lib.absl_flags_parser(overrides))
 
 
 if __name__ == "__main__":
