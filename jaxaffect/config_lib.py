@@ -204,7 +204,7 @@ def apply_overrides(config, overrides: Sequence[str]) -> None:
   for item in overrides:
     body = item[len("--config."):] if item.startswith("--config.") else item
     key, eq, raw = body.partition("=")
-    if not eq or not key:
+    if not eq or not key or key.startswith("-"):
       raise UserError(f"unrecognised argument {item!r} (overrides look like --config.a.b=value)")
     *parents, leaf = key.split(".")
     node = config

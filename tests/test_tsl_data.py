@@ -221,7 +221,7 @@ def _write_release(root, *, gt_text=None):
   (vs / "gt.json").write_text(gt_text if gt_text is not None else json.dumps(gt))
   (vs / "fps_dict.json").write_text(json.dumps({"1_A_x": 25.0, "2_B_y": 30.0, "3_C_z": 24.0,
                                                 "4_D_w": 30.0}))
-  (vs / "len_duration_dict.json").write_text(json.dumps({"1_A_x": 5.1, "2_B_y": 3.0,
+  (vs / "len_duration_dict.json").write_text(json.dumps({"1_A_x": 20.0, "2_B_y": 3.0,
                                                          "3_C_z": 2.0, "4_D_w": 2.0}))
   header = "class,class_index,start_frame,stop_frame,video_id,point\n"
   (vs / "point_gaussian/train/point_anno_0.txt").write_text(

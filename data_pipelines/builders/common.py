@@ -47,9 +47,12 @@ def load_manifest(builder, how: str) -> dict:
     return json.load(f)
 
 
-def open_or_build(builder, manual_dir, *, build: bool, progress: bool, how: str):
+def open_or_build(builder, manual_dir, *, build: bool, progress: bool, how: str,
+                  check_raw=None):
   """Returns `builder` once its data (and manifest) exist, building from `manual_dir` if
-  allowed. `how` names the call that builds it, for the error when `build` is False."""
+  allowed. `how` names the call that builds it, for the error when `build` is False.
+  `check_raw(manual_dir)` raises the builder's layout error when the folder holds none of the
+  files it expects (tfds itself only asserts, with a multi-line message, on an empty one)."""
   if os.path.exists(os.path.join(os.fspath(builder.data_dir), MANIFEST_FILE)):
     return builder
   if not build:
@@ -57,6 +60,10 @@ def open_or_build(builder, manual_dir, *, build: bool, progress: bool, how: str)
                             f"settings; run {how} first")
   if not os.path.isdir(os.fspath(manual_dir)):
     raise FileNotFoundError(f"{manual_dir}: raw dataset directory not found")
+  if check_raw is not None:
+    check_raw(os.fspath(manual_dir))
+  elif not os.listdir(os.fspath(manual_dir)):
+    raise FileNotFoundError(f"{manual_dir}: raw dataset directory is empty")
   download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   was_active = getattr(tqdm_utils, "_active", True)

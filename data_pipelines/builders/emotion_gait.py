@@ -20,7 +20,8 @@ Split: one seeded random permutation of all gaits listed in the files (sorted (p
 cut 9:1 (`test_fraction`); `fold` picks another contiguous test block of the same permutation,
 so test_fraction=0.2 with fold 0..4 gives the 5-fold protocol, and `val_fraction` > 0 moves
 that share of train into a "validation" split (8:1:1). A gait that turns out unreadable keeps its
-split slot and is skipped, so the split of every other gait never depends on file damage.
+split slot and is skipped, so the split of every other gait never depends on file damage. A raw
+folder without any feature file of the configured parts is an error naming the folder.
 
 Label index ambiguity (brief 6.3): the label files hold indices 0..3 whose names differ between
 STEP (Angry, Neutral, Happy, Sad) and BPM-GCN (Happy, Sad, Angry, Neutral; STEP issue #22's
@@ -198,6 +199,25 @@ def _label_from_name(name: str, class_names: tuple[str, ...]) -> tuple[int | Non
   if len(found) != 1:
     return None, f"key names {len(found)} of the classes {class_names} (need exactly one)"
   return found.pop(), None
+
+
+def _expected(parts: tuple[str, ...]) -> str:
+  files = []
+  for p in parts:
+    names = [a.split("|")[0] for a in PARTS[p].features] + [PARTS[p].labels or ""]
+    files.append(" + ".join(n for n in names if n) + f" ({p})")
+  return "; ".join(files)
+
+
+def check_raw_folder(root: str, config: EmotionGaitConfig) -> None:
+  """RawLayoutError naming `root` when it holds no feature file of the configured parts."""
+  root = os.fspath(root)
+  if not os.listdir(root):
+    raise RawLayoutError(f"{root}: the raw folder is empty; expected the Emotion-Gait h5 files "
+                         f"{_expected(config.parts)}")
+  if not any(_find(root, a) for p in config.parts for a in PARTS[p].features):
+    raise RawLayoutError(f"{root}: holds no Emotion-Gait feature file of the parts "
+                         f"{', '.join(config.parts)}; expected {_expected(config.parts)}")
 
 
 def list_items(root: str, config: EmotionGaitConfig) -> tuple[list[Item], list[str]]:
@@ -455,5 +475,7 @@ def build_emotion_gait(manual_dir, data_dir, config_kwargs: dict | None = None, 
   kwargs = dict(config_kwargs or {})
   config = builders_common.checked_config(EmotionGaitConfig, kwargs, "emotion_gait", GaitConfigError)
   builder = EmotionGait(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
-  return builders_common.open_or_build(builder, manual_dir, build=build, progress=progress,
-                                       how="build_emotion_gait with build=True")
+  return builders_common.open_or_build(
+      builder, manual_dir, build=build, progress=progress,
+      how="build_emotion_gait with build=True",
+      check_raw=lambda root: check_raw_folder(root, config))

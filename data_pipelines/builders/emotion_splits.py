@@ -105,8 +105,28 @@ def class_folders(root, class_names: Sequence[str]) -> dict[str, str]:
     if matches:
       folders[name] = os.path.join(root, matches[0])
   if not folders:
-    raise RawLayoutError(f"{root}: no class folder found (expected {list(class_names)})")
+    raise RawLayoutError(f"{root}: no class folder found; expected {_expected(class_names)}")
   return folders
+
+
+def _expected(class_names: Sequence[str]) -> str:
+  return (f"one folder per class ({', '.join(class_names)}) holding video files "
+          f"({', '.join(VIDEO_EXTENSIONS[:3])}, ...)")
+
+
+def check_raw_folder(root, class_names: Sequence[str]) -> dict[str, str]:
+  """The videos of `root` ("Class/stem" -> path); RawLayoutError naming the folder when it is
+  empty or its class folders hold no video (the split lists alone are not a dataset)."""
+  root = os.fspath(root)
+  if not os.listdir(root):
+    raise RawLayoutError(f"{root}: the raw folder is empty; expected {_expected(class_names)}")
+  folders = class_folders(root, class_names)
+  videos = scan_videos(folders)
+  if not videos:
+    found = ", ".join(os.path.basename(f) for f in folders.values())
+    raise RawLayoutError(f"{root}: the class folders ({found}) hold no video file; expected "
+                         f"{_expected(class_names)}")
+  return videos
 
 
 def _video_stem(filename: str) -> str | None:
@@ -377,8 +397,8 @@ def plan_split(root, *, layout: str, split_index: int, class_names: Sequence[str
   if layout not in LAYOUTS:
     raise RawLayoutError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   index_source = check_class_index(root, class_names)
+  videos = check_raw_folder(root, class_names)
   folders = class_folders(root, class_names)
-  videos = scan_videos(folders)
   notes = [f"classes: {index_source}"]
   missing = [c for c in class_names if c not in folders]
   if missing:

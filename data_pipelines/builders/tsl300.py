@@ -26,8 +26,10 @@ annotator per video and drops points beyond T), segments come from videosenti_gt
 
 Problems: a missing or malformed split/annotation/metadata file is an error naming the file; a
 video whose features are missing, unreadable or malformed, or that lacks fps/duration/annotation
-entries, is skipped and listed in the manifest with the reason; malformed point rows are
-skipped and listed in the manifest notes (file:line).
+entries, is skipped and listed in the manifest with the reason; malformed point rows (and
+points that are infinite, NaN, negative or after the video's end) are skipped and listed in the
+manifest notes (file:line). An empty raw folder, or feature folders without .npy files, is an
+error naming the folder.
 
 Usage:
   builder = build_tsl300(raw_root, data_dir)          # options: TSL300Config fields
@@ -40,6 +42,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Iterator
@@ -56,6 +59,7 @@ SNIPPET_FRAMES = 16
 NUM_ANNOTATORS = 3
 POINT_COLUMNS = ("class", "class_index", "start_frame", "stop_frame", "video_id", "point")
 _ROOT_MARKER = "split_train.txt"
+_MAX_FRAME = 2**31 - 1  # records store points as int32
 
 
 class TSLConfigError(ValueError):
@@ -117,6 +121,37 @@ def find_root(path: str) -> str:
   raise RawLayoutError(f"{os.path.join(path, _ROOT_MARKER)}: missing (looked in {path}, "
                        f"{path}/VideoSenti and {path}/dataset/VideoSenti); manual_dir must be "
                        "the TSL-300 release folder")
+
+
+_EXPECTED = ("the TSL-300 release (split_train.txt, split_test.txt, gt.json, fps_dict.json, "
+             "len_duration_dict.json, point_gaussian/train/, "
+             "features/{train,test}/{rgb,logmfcc}/<video_id>.npy)")
+
+
+def check_features(root: str) -> None:
+  """RawLayoutError naming the first feature folder that is missing or holds no .npy file:
+  without features every video would be skipped, so say which folder is empty up front."""
+  for split in SPLITS:
+    for kind in ("rgb", "logmfcc"):
+      folder = os.path.join(root, "features", split, kind)
+      try:
+        with os.scandir(folder) as it:
+          if any(e.name.endswith(".npy") for e in it):
+            continue
+      except (FileNotFoundError, NotADirectoryError):
+        raise RawLayoutError(f"{folder}: missing; expected the {kind} features "
+                             f"<video_id>.npy of the videos in split_{split}.txt") from None
+      raise RawLayoutError(f"{folder}: holds no .npy file; expected the {kind} features "
+                           f"<video_id>.npy of the videos in split_{split}.txt")
+
+
+def check_raw_folder(raw_root: str) -> None:
+  """RawLayoutError naming the folder when it is empty, lacks the release's split files or
+  holds no features."""
+  raw_root = os.fspath(raw_root)
+  if not os.listdir(raw_root):
+    raise RawLayoutError(f"{raw_root}: the raw folder is empty; expected {_EXPECTED}")
+  check_features(find_root(raw_root))
 
 
 def _json(path: str) -> Any:
@@ -194,12 +229,15 @@ def _number_dict(path: str) -> dict[str, float]:
   return out
 
 
-def read_points(root: str) -> tuple[dict[str, list[tuple[int, int, int]]], dict, list[str]]:
+def read_points(root: str, num_frames: dict[str, float] | None = None
+                ) -> tuple[dict[str, list[tuple[int, int, int]]], dict, list[str]]:
   """({vid: [(annotator, frame, class_index)]}, rows per annotator, notes).
 
   A missing annotator file is a note; a file without the CSV header is an error naming it; a
-  malformed row (bad number, class not n/p or disagreeing with class_index, negative frame) is
-  skipped and noted with file:line.
+  malformed row (bad number, class not n/p or disagreeing with class_index, a point that is
+  not a finite frame >= 0) and a point after the video's end (`num_frames`: duration x fps per
+  video, where known) are skipped and noted with file:line. Points past the features' T but
+  inside the video are kept (the pipeline drops them; the manifest counts them).
   """
   points: dict[str, list[tuple[int, int, int]]] = {}
   counts, notes = {}, []
@@ -227,14 +265,23 @@ def read_points(root: str) -> tuple[dict[str, list[tuple[int, int, int]]], dict,
       try:
         cls = row[col["class"]].strip()
         idx = int(row[col["class_index"]])
-        frame = int(float(row[col["point"]]))
+        point = float(row[col["point"]])
         vid = row[col["video_id"]].strip()
         if cls not in CLASS_NAMES or CLASS_NAMES.index(cls) != idx:
           raise ValueError(f"class {cls!r} with class_index {idx} (expected n,0 or p,1)")
-        if frame < 0 or not vid:
-          raise ValueError(f"point {frame} / video_id {vid!r}")
+        if not vid:
+          raise ValueError("empty video_id")
+        # inf/nan would crash int(), a huge frame the int32 record: checked before either.
+        if not (math.isfinite(point) and 0 <= point <= _MAX_FRAME):
+          raise ValueError(f"point {row[col['point']].strip()!r} is not a frame index in "
+                           f"0..{_MAX_FRAME}")
+        frame = int(point)
+        end = (num_frames or {}).get(vid)
+        if end is not None and frame > end:
+          raise ValueError(f"point {frame} is after the end of video {vid!r} "
+                           f"({end:g} frames: len_duration_dict.json x fps_dict.json)")
       except (IndexError, ValueError) as e:
-        notes.append(f"{path}:{line}: malformed point row skipped ({e})")
+        notes.append(f"{path}:{line}: point row skipped ({e})")
         continue
       points.setdefault(vid, []).append((a, frame, idx))
       n += 1
@@ -280,7 +327,10 @@ def read_meta(raw_root: str) -> Meta:
                  "there)")
   fps = _number_dict(os.path.join(root, "fps_dict.json"))
   duration = _number_dict(os.path.join(root, "len_duration_dict.json"))
-  points, per_annotator, pnotes = read_points(root)
+  check_features(root)
+  num_frames = {v: duration[v] * fps[v] for v in duration.keys() & fps.keys()
+                if math.isfinite(duration[v] * fps[v]) and fps[v] > 0 and duration[v] >= 0}
+  points, per_annotator, pnotes = read_points(root, num_frames)
   notes += pnotes
   test_with_points = [v for v in splits["test"] if points.get(v)]
   if test_with_points:
@@ -474,4 +524,5 @@ def build_tsl300(raw_root, data_dir, options: dict | None = None, *, build: bool
   config = builders_common.checked_config(TSL300Config, kwargs, "tsl300", TSLConfigError)
   builder = Tsl300(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
   return builders_common.open_or_build(builder, raw_root, build=build, progress=progress,
-                                       how="build_tsl300 with build=True")
+                                       how="build_tsl300 with build=True",
+                                       check_raw=check_raw_folder)

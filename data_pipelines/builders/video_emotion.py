@@ -8,7 +8,8 @@ PyAV, computes MFCCs with librosa and writes one example per video. Extraction s
 `VideoEmotionConfig`, whose name is derived from its values, so each setting gets its own folder
 under <data_dir>/video_emotion/<config name>/<version>/. Bad items never stop a build: they are
 skipped (or zero-filled, for a missing audio stream) and listed in `manifest.json` there, with
-the split's source, videos no split lists and basenames found under several classes.
+the split's source, videos no split lists and basenames found under several classes. A raw
+folder that is empty, or whose class folders hold no video, is an error naming the folder.
 
 Usage:
   builder = build_video_emotion(raw_root, data_dir, dict(fps=10, frame_short_side=112))
@@ -362,5 +363,7 @@ def build_video_emotion(
   config = builders_common.checked_config(VideoEmotionConfig, kwargs, "video_emotion", ExtractionConfigError)
   builder = VideoEmotion(data_dir=os.fspath(data_dir), config=config, num_workers=num_workers,
                          file_format="array_record")
-  return builders_common.open_or_build(builder, manual_dir, build=build, progress=progress,
-                                       how="the extraction (build_video_emotion with build=True)")
+  return builders_common.open_or_build(
+      builder, manual_dir, build=build, progress=progress,
+      how="the extraction (build_video_emotion with build=True)",
+      check_raw=lambda root: emotion_splits.check_raw_folder(root, config.class_names))
