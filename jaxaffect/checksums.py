@@ -63,6 +63,11 @@ def of_arrays(tree: Any) -> dict[str, dict]:
   return out
 
 
+def of_named(arrays: dict[str, Any]) -> dict[str, list[int]]:
+  """{name: [sum, weighted sum]} for a flat {name: array} mapping."""
+  return {name: rec["sum"] for name, rec in zip(arrays, of_arrays(list(arrays.values())).values())}
+
+
 def structure(tree: Any) -> dict[str, dict]:
   """Shapes and dtypes only (abstract trees too), keyed like `of_arrays`."""
   return {jax.tree_util.keystr(p): {"shape": list(x.shape), "dtype": str(x.dtype)}

@@ -260,3 +260,30 @@ def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
         # flock is per open file: a second open in this process conflicts like another run.
         subprocess_lock.__enter__()
   assert f"pid {stale['pid']}" in caplog.text and "no longer running" in caplog.text
+
+
+def test_converted_checkpoints_are_verified_on_init_from(tmp_path):
+  from jaxaffect.convert import store
+  from jaxaffect.convert.keymap import ConversionError
+
+  class Converted:  # what a converter returns, reduced to what save_converted reads
+    variables = {"params": {"head": {"w": np.random.default_rng(0).integers(
+        0, 2**32, 4096, dtype=np.uint32).view(np.float32)}}}
+
+    def meta(self):
+      return {"converter": "test", "subtrees": ["params/head"]}
+
+  out = str(tmp_path / "converted")
+  store.save_converted(out, Converted())
+  fresh = {"head": {"w": np.zeros(4096, np.float32)}}
+  params, _ = store.restore_converted(out, fresh, {})
+  np.testing.assert_array_equal(params["head"]["w"], Converted.variables["params"]["head"]["w"])
+  needle = Converted.variables["params"]["head"]["w"][:16].tobytes()
+  for d, _, files in os.walk(out):
+    for f in files:
+      data = bytearray(open(os.path.join(d, f), "rb").read())
+      if needle in data:
+        data[data.index(needle) + 2001] ^= 0x01
+        open(os.path.join(d, f), "wb").write(bytes(data))
+  with pytest.raises(ConversionError, match=r"fails its checksums \(params/head/w\)"):
+    store.restore_converted(out, fresh, {})

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxaffect import checksums
 from jaxaffect.convert import keymap
 from jaxaffect.convert.keymap import ConversionError
 
@@ -35,8 +36,11 @@ def save_converted(out_dir: str, converted) -> None:
   tree = {c: t for c, t in converted.variables.items() if t}
   tree = _map_tree(lambda a: np.ascontiguousarray(a), tree)
   checkpointing.save_params(out_dir, tree)
+  meta = dict(converted.meta())
+  # Verified on every init_from, as training checkpoints are (jaxaffect/checksums.py).
+  meta["checksums"] = checksums.of_named({"/".join(k): v for k, v in keymap.flatten(tree).items()})
   with open(os.path.join(out_dir, META_FILE), "w") as f:
-    json.dump(converted.meta(), f, indent=2, sort_keys=True, default=str)
+    json.dump(meta, f, indent=2, sort_keys=True, default=str)
 
 
 def _map_tree(fn, tree):
@@ -107,6 +111,14 @@ def restore_converted(path: str, params: Any, model_state: Mapping[str, Any], *,
         [f"... and {len(errors) - 30} more"] if len(errors) > 30 else [])))
 
   restored = _restore(path, {k: fresh[k] for k in saved}) if saved else {}
+  expected = meta.get("checksums")
+  if expected is not None and restored:
+    got = checksums.of_named({"/".join(k): v for k, v in restored.items()})
+    bad = sorted(k for k, v in got.items() if expected.get(k) != v)
+    if bad:
+      raise ConversionError(f"init_from: {path} fails its checksums ({bad[0]}"
+                            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); "
+                            "convert the original file again")
   merged = dict(fresh)
   merged.update(restored)
   tree = keymap.unflatten(merged)
