@@ -135,3 +135,13 @@ def test_converter_names_unknown_and_missing_keys(tmp_path):
   assert "cls_module.neck.0.bias" in str(e.value)
   with pytest.raises(keymap.ConversionError, match="not a TSL-Net"):
     converters_tsl.tsl({"fc.weight": np.zeros((2, 2), np.float32)})
+
+
+def test_positional_encoding_equals_the_originals_table():
+  """The original builds positionalencoding1d(60, 4000) in torch float32; ours matches it to
+  1 ulp of sin/cos (the frequencies exactly), at every step up to 4000."""
+  from torch_reference_tsl import step_encoding
+  ref = step_encoding(60, tsl_model.PE_LENGTH).numpy()
+  got = tsl_model.positional_encoding(60, tsl_model.PE_LENGTH)
+  assert got.dtype == np.float32 and got.shape == ref.shape
+  assert np.max(np.abs(got - ref)) <= 1.2e-7

@@ -214,16 +214,18 @@ class BatchNorm(nn.Module):
       mean, var = ra_mean.value, ra_var.value
     else:
       axes = tuple(range(x.ndim - 1))
+      # Two passes (mean, then the mean squared deviation), as PyTorch computes it: the fused
+      # E[x^2] - E[x]^2 cancels catastrophically in float32 when |mean| >> std (BPM-GCN's
+      # train-mode gradients drifted by ~1% of their scale with it).
       if mask is None:
         mean = jnp.mean(xf, axes)
-        # One fused pass (E[x^2] - E[x]^2) in float32; clamp the rounding below zero.
-        var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+        var = jnp.mean(jnp.square(xf - mean), axes)
         n = math.prod(x.shape[:-1])
       else:
         w = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:-1])[..., None]
         n = jnp.maximum(jnp.sum(w), 1.0)
         mean = jnp.sum(xf * w, axes) / n
-        var = jnp.maximum(jnp.sum(jnp.square(xf) * w, axes) / n - jnp.square(mean), 0.0)
+        var = jnp.sum(jnp.square(xf - mean) * w, axes) / n
       if not self.is_initializing():
         upd_var = var * (n / jnp.maximum(n - 1, 1)) if self.unbiased_running_var else var
         m = self.momentum

@@ -42,13 +42,20 @@ PE_LENGTH = 4000       # positionalencoding1d(60, 4000): the longest supported v
 
 
 def positional_encoding(d_model: int, length: int) -> np.ndarray:
-  """Sinusoidal table [length, d_model]: even columns sin, odd columns cos (float32 math)."""
+  """Sinusoidal table [length, d_model]: even columns sin, odd columns cos.
+
+  The original's values: its exponents and angles are float32 products (a float tensor times a
+  Python float), so they are formed in float32 here too; exp, sin and cos are evaluated in
+  float64 and rounded once. A 1-ulp difference in a frequency grows to 2.4e-4 in sin at
+  step 4000, so the frequencies must match exactly (they do for d_model = 60); what remains is
+  float32 rounding of sin/cos (1 ulp)."""
   pos = np.arange(length, dtype=np.float32)[:, None]
-  div = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * np.float32(-math.log(10000.0)
-                                                                        / d_model))
+  exponent = np.arange(0, d_model, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / d_model)
+  div = np.exp(exponent.astype(np.float64)).astype(np.float32)
+  angle = (pos * div).astype(np.float64)
   pe = np.zeros((length, d_model), np.float32)
-  pe[:, 0::2] = np.sin(pos * div)
-  pe[:, 1::2] = np.cos(pos * div)
+  pe[:, 0::2] = np.sin(angle)
+  pe[:, 1::2] = np.cos(angle)
   return pe
 
 
