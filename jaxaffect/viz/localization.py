@@ -13,7 +13,6 @@ top-K predicted segments per class below (opacity = score).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Sequence
@@ -21,9 +20,16 @@ from typing import Sequence
 import numpy as np
 
 from jaxaffect.errors import UserError
+from jaxaffect.evaluation.localization import load_json
 
 FEATURE_STRIDE = 16
 COLORS = {"p": "tab:red", "n": "tab:blue", "bg": "0.5"}
+
+
+def _object(value, path: str) -> dict:
+  if not isinstance(value, dict):
+    raise UserError(f"{path}: expected a JSON object, found {type(value).__name__}")
+  return value
 
 
 def load_eval_outputs(scores: str, predictions: str, ground_truth: str) -> dict[str, dict]:
@@ -31,11 +37,12 @@ def load_eval_outputs(scores: str, predictions: str, ground_truth: str) -> dict[
   for path in (scores, predictions, ground_truth):
     if not os.path.exists(path):
       raise UserError(f"{path}: not found (run --mode eval or training with evaluation first)")
-  arrays = np.load(scores)
-  with open(predictions) as f:
-    pred = json.load(f).get("results", {})
-  with open(ground_truth) as f:
-    gt = json.load(f).get("database", {})
+  try:
+    arrays = np.load(scores)
+  except (OSError, ValueError) as e:  # truncated or not an .npz
+    raise UserError(f"{scores}: not a readable .npz of eval outputs ({e})") from None
+  pred = _object(load_json(predictions, "predictions"), predictions).get("results", {})
+  gt = _object(load_json(ground_truth, "ground-truth"), ground_truth).get("database", {})
   videos: dict[str, dict] = {}
   for key in arrays.files:
     vid, _, field = key.rpartition("/")
