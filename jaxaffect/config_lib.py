@@ -53,6 +53,26 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+# Logical axis -> mesh axes (None = replicated); jaxaffect/sharding.py applies them. Every
+# config carries a copy as `sharding_rules`, so an experiment can override one axis.
+DEFAULT_SHARDING_RULES = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_len", None),
+    ("act_time", None),
+    # Residual-stream activations stay replicated over "tensor" (the Megatron layout).
+    ("act_emb", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("classes", None),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("layers", None),
+)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Keys every config has (docs/architecture.md); method configs fill in the rest."""
   c = ml_collections.ConfigDict()
@@ -63,13 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 32
   c.grad_accum_steps = 1
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Logical axis -> mesh axes (None = replicated). See jaxaffect/sharding.py for the vocabulary.
-  c.sharding_rules = [
-      ("act_batch", ("data", "fsdp")), ("act_len", None), ("act_time", None),
-      ("act_emb", None), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-      ("kv", None), ("vocab", "tensor"), ("classes", None), ("conv_in", "fsdp"),
-      ("conv_out", "tensor"), ("layers", None),
-  ]
+  c.sharding_rules = list(DEFAULT_SHARDING_RULES)
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
       grad_clip_norm=0.0, lr_multipliers=[], multi_steps=1))

@@ -14,27 +14,14 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxaffect import config_lib
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes over which the batch dimension is split.
 BATCH_AXES = ("data", "fsdp")
 
-DEFAULT_RULES = (
-    ("act_batch", ("data", "fsdp")),
-    ("act_len", None),
-    ("act_time", None),
-    # Residual-stream activations stay replicated over "tensor" (the Megatron layout).
-    ("act_emb", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("classes", None),
-    ("conv_in", "fsdp"),
-    ("conv_out", "tensor"),
-    ("layers", None),
-)
+# The rules live with the config keys every config has (config_lib.base_config).
+DEFAULT_RULES = config_lib.DEFAULT_SHARDING_RULES
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:

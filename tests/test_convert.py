@@ -134,6 +134,10 @@ def test_hara_2018_depth10_legacy_prefixed(tmp_path):
   meta = store.read_meta(out)
   assert meta["subtrees"] == ["params/visual_backbone", "batch_stats/visual_backbone"]
   assert set(meta["dropped"]) == {"fc.weight", "fc.bias"}
+  # The PyTorch key -> parameter path map, for readers of the converted checkpoint.
+  assert len(meta["key_map"]) == meta["num_keys"]
+  assert meta["key_map"]["bn1.running_var"] == "batch_stats/visual_backbone/bn1/var"
+  assert "hara_2018" in meta["info"]["normalization_note"]
   assert meta["info"]["stripped_prefix"] == "module."
   assert meta["info"]["normalization_matching_weights"] == "hara_2018"
   clip = np.random.RandomState(0).randn(1, 8, 64, 64, 3).astype(np.float32)

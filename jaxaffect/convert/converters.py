@@ -35,7 +35,7 @@ class Converted:
   def meta(self) -> dict[str, Any]:
     return dict(format="jaxaffect.convert/1", converter=self.converter, subtrees=self.subtrees,
                 keep_init=self.keep_init, dropped=self.dropped, info=self.info,
-                num_keys=len(self.used))
+                num_keys=len(self.used), key_map=dict(sorted(self.used.items())))
 
 
 def state_dict_of(obj: Any, source: str = "checkpoint") -> tuple[dict[str, np.ndarray], dict]:
@@ -129,6 +129,10 @@ def _fc_info(sd: Mapping[str, np.ndarray], notes: dict) -> dict[str, Any]:
       guess = "hara_2018"
     if guess:
       info["normalization_matching_weights"] = guess
+      info["normalization_note"] = (
+          f"{guess} is how Hara et al. pretrained these weights (the backbone on its own); "
+          "VAANet's released code feeds them with its own scaling, so VAANet configs keep "
+          "model.normalization=vaanet_legacy")
   return info
 
 

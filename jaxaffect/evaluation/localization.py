@@ -1,7 +1,7 @@
 """Temporal localization (detection) metrics in the ActivityNet format (no model, no trainer).
 
   python -m jaxaffect.evaluation.localization --ground-truth GT.json --predictions PRED.json \
-      [--subset validation] [--tiou 0.1,0.15,0.2,0.25,0.3] [--unknown-videos ignore]
+      [--subset validation] [--tiou 0.1,0.15,0.2,0.25,0.3] [--unknown-videos false-positive]
 
 Inputs (files or, from Python, the parsed dicts):
   ground truth  {"database": {vid: {"subset": S, "annotations": [{"segment": [s, e],
@@ -38,9 +38,9 @@ num_predictions_ignored_unknown_video, num_predictions_ignored_unknown_label.
 
 Behaviour where the original code is undefined or crashes (documented deviations):
   * Predictions for videos that are not in the evaluated subset (other subsets, or absent from
-    the ground truth) are ignored and counted (unknown_videos="ignore", the default). The
-    ActivityNet/TSL code instead keeps them, and they become false positives of their class;
-    unknown_videos="false_positive" reproduces that.
+    the ground truth) are false positives of their class, as in the ActivityNet/TSL code that
+    computed the published numbers (unknown_videos="false_positive", the default).
+    unknown_videos="ignore" drops and counts them instead.
   * Predictions whose label is not a class of the subset are ignored and counted (the original
     raises KeyError); a prediction with both an unknown label and an unknown video is counted
     under the label.
@@ -259,7 +259,7 @@ def _f2(p: float, r: float) -> float:
 
 def evaluate_detection(ground_truth: Mapping, predictions: Mapping, *, subset: str = "validation",
                        tiou_thresholds: Sequence[float] = DEFAULT_TIOU_THRESHOLDS,
-                       unknown_videos: str = "ignore",
+                       unknown_videos: str = "false_positive",
                        sources: tuple[str, str] = ("ground truth", "predictions")) -> dict:
   """ActivityNet-style detection metrics of `predictions` against `subset` of `ground_truth`
   (both the parsed JSON dicts). `sources` names the two inputs in error messages (file paths
@@ -368,7 +368,7 @@ def load_json(path: str, what: str) -> Any:
 
 def evaluate_files(ground_truth_path: str, predictions_path: str, *, subset: str = "validation",
                    tiou_thresholds: Sequence[float] = DEFAULT_TIOU_THRESHOLDS,
-                   unknown_videos: str = "ignore") -> dict:
+                   unknown_videos: str = "false_positive") -> dict:
   """evaluate_detection on two JSON files; errors name the file."""
   gt = load_json(ground_truth_path, "ground-truth")
   pred = load_json(predictions_path, "predictions")
@@ -398,9 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  help="ground-truth subset to evaluate (default validation; TSL-300: test)")
   p.add_argument("--tiou", default=",".join(tiou_key(t) for t in DEFAULT_TIOU_THRESHOLDS),
                  help="comma-separated tIoU thresholds (default 0.10,0.15,0.20,0.25,0.30)")
-  p.add_argument("--unknown-videos", choices=("ignore", "false-positive"), default="ignore",
-                 help="predictions for videos outside the subset: ignore and count them "
-                      "(default), or count them as false positives like the ActivityNet code")
+  p.add_argument("--unknown-videos", choices=("ignore", "false-positive"),
+                 default="false-positive",
+                 help="predictions for videos outside the subset: false positives, as in the "
+                      "official ActivityNet code (default), or ignore and count them")
   args = p.parse_args(argv)
   try:
     result = evaluate_files(args.ground_truth, args.predictions, subset=args.subset,

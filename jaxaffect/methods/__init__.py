@@ -1,9 +1,19 @@
 """Method registry: `config.method` names a module `jaxaffect.methods.<name>` exporting `Method`,
 a class registered with `register`, or "module:Class" (plug-ins and tests)."""
 import importlib
+import pkgutil
 
-KNOWN = ("vaanet", "bpmgcn")
+from jaxaffect.errors import UserError
+
 _REGISTERED = {}
+
+
+def known() -> tuple[str, ...]:
+  """Method names: the method modules of this package (each exports `Method`), then the
+  registered ones."""
+  names = [m.name for m in pkgutil.iter_modules(__path__)
+           if m.name not in ("base",) and not m.name.endswith("_loss")]
+  return tuple(sorted(names)) + tuple(_REGISTERED)
 
 
 def register(name: str, cls) -> None:
@@ -21,8 +31,7 @@ def get_method(config):
     module = importlib.import_module(f"jaxaffect.methods.{name}")
   except ModuleNotFoundError as e:
     if e.name == f"jaxaffect.methods.{name}":
-      from jaxaffect.errors import UserError
       raise UserError(f"config.method: unknown method {name!r}; known: "
-                      f"{', '.join(KNOWN + tuple(_REGISTERED))}") from e
+                      f"{', '.join(known())}") from e
     raise
   return module.Method(config)
