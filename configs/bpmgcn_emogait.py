@@ -20,7 +20,7 @@ selected on the test split) is only reported under that name, by
 `python -m jaxaffect.tools.best_over_evals WORKDIR` from metrics.jsonl (set eval_every_steps to
 STEPS_PER_EPOCH for the original's per-epoch evaluations).
 Ablations: model.streams, model.fusion, model.affective_head + loss.affective_weight; the sweep
-preset `bpmgcn_ablations` runs the paper's rows (python -m jaxaffect.sweep --preset ...).
+preset `bpmgcn_ablations` runs the paper's rows (python -m jaxaffect.tools.sweep --preset ...).
 """
 from jaxaffect import config_lib
 
@@ -55,7 +55,7 @@ def get_config(arg=None):
   d.extraction = dict(num_frames=48, elmd_stride=5, split_seed=0, test_fraction=0.1,
                       label_mapping="bpmgcn")
   d.augment = dict(rotate_deg=0.0, scale_jitter=0.0)  # the code's random_move is not ported
-  # Skeleton centring, train and eval (jaxaffect/data/gait_pipeline.py): "none" (raw, as the
+  # Skeleton centring, train and eval (jaxaffect/methods/bpmgcn/data.py): "none" (raw, as the
   # released feeder) | "root" (per-frame root-relative) | "sequence" (clip moved to the origin).
   d.center = "none"
 

@@ -68,7 +68,7 @@ def get_config(arg=None):
   d.legacy_random_eval = False
   d.legacy_start_off_by_one = True  # the code never draws the last valid snippet start
   d.worker_count = 0
-  d.feature_cache = ""   # a folder written by python -m jaxaffect.feature_cache
+  d.feature_cache = ""   # a folder written by python -m jaxaffect.methods.vaanet.feature_cache
 
   m = c.model
   m.visual_depth = 101
@@ -77,8 +77,8 @@ def get_config(arg=None):
   m.visual_dim = 512
   m.audio_dim = 256
   m.conv_impl = "auto"            # taps (2D-conv decomposition) on CPU, native 3D conv elsewhere
-  # "features": train from cached backbone outputs (jaxaffect/feature_cache.py); requires
-  # backbone_bn="running" semantics, see the README.
+  # "features": train from cached backbone outputs (jaxaffect/methods/vaanet/feature_cache.py);
+  # requires backbone_bn="running" semantics, see the README.
   m.visual_input = "frames"
   m.normalization = "vaanet_legacy"   # x/255 - 100/255 as the released code
   m.backbone_bn = "batch_stats"   # released code: batch statistics in training

@@ -98,7 +98,7 @@ class Checkpointer:
     integrity = {"version": _INTEGRITY_VERSION, "arrays": checksums.of_arrays(state)}
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
-      import grain
+      import grain  # deferred: only runs that checkpoint an iterator
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
       mine = np.frombuffer(bytes.fromhex(checksums.of_json(data_iter.get_state())), np.uint8)
       every = (multihost_utils.process_allgather(mine) if jax.process_count() > 1
@@ -171,7 +171,7 @@ class Checkpointer:
     def restore():
       items = {"state": ocp.args.StandardRestore(abstract_state)}
       if data_iter is not None:
-        import grain
+        import grain  # deferred: only runs that checkpoint an iterator
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
       return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
@@ -275,7 +275,7 @@ def _init_from_step_dir(p: epath.Path) -> epath.Path:
                     "step folder or a converted checkpoint")
   steps = sorted((int(c.name) for c in children if c.name.isdigit()), reverse=True)
   if not steps:
-    if (p / "state").exists() or (p / "_METADATA").exists() or (p / "_CHECKPOINT_METADATA").exists():
+    if any((p / f).exists() for f in ("state", "_METADATA", "_CHECKPOINT_METADATA")):
       return p
     unfinished = sorted(c.name for c in children if "tmp" in c.name)
     raise UserError(f"init_from: {p} holds no finished checkpoint"

@@ -15,6 +15,10 @@ class PathNotFound(UserError, FileNotFoundError):
   """A file or folder the user named (or the config implies) does not exist."""
 
 
+class ConversionError(UserError, ValueError):
+  """A checkpoint does not fit the target model; the message names every offending key."""
+
+
 class WorkdirInUse(UserError):
   """Another live run holds the workdir's lock."""
 

@@ -1,4 +1,4 @@
-"""Entry point: python -m jaxaffect.main --config configs/<x>.py[:arg] --workdir DIR [--config.a.b=v]
+"""Entry point: python -m jaxaffect.main --config configs/<x>.py[:arg] --workdir DIR [--config.a=v]
 
 Modes: train (default; resumes from DIR), eval, summary, benchmark. A mistake in the input (a
 config key, a path, a file) ends with one `error:` line on stderr and exit status 1; `--debug`
@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from jaxaffect import config_lib
+from jaxaffect.errors import UserError, one_line
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file (path[:arg]); override its keys with "
                               "--config.a.b=value.")
@@ -66,9 +67,9 @@ def _run() -> int:
     raise app.UsageError("--config is required, e.g. --config configs/demo.py")
   config = config_lib.load(_CONFIG.value, _OVERRIDES)
   config_lib.check_common(config)
-  from jaxaffect import optim
+  from jaxaffect import optim  # deferred: config errors come before jax loads
   optim.check_config(config)
-  from jaxaffect import distributed
+  from jaxaffect import distributed  # deferred: config errors come before jax loads
   distributed.maybe_initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
   import jax
@@ -80,18 +81,18 @@ def _run() -> int:
         std_logging.INFO if jax.process_index() == 0 else std_logging.WARNING)
   mode = _MODE.value
   if mode == "summary":
-    from jaxaffect import summary
+    from jaxaffect.tools import summary  # deferred: config errors come before jax loads
     summary.run(config)
     return 0
   if mode == "benchmark":
-    from jaxaffect import benchmark
+    from jaxaffect.tools import benchmark  # deferred: config errors come before jax loads
     benchmark.run(config, num_steps=_BENCH_STEPS.value)
     return 0
   workdir = _WORKDIR.value
   if not workdir:
     raise app.UsageError("--workdir is required for --mode train/eval")
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  from jaxaffect import trainer
+  from jaxaffect import trainer  # deferred: config errors come before jax loads
   if mode == "eval":
     trainer.evaluate_only(config, workdir)
   else:
@@ -101,7 +102,6 @@ def _run() -> int:
 
 def main(argv) -> None:
   del argv
-  from jaxaffect.errors import UserError, one_line
   if not (_DEBUG.value or os.environ.get("JAXAFFECT_DEBUG")):
     _quiet_background_failures()
   try:

@@ -17,11 +17,12 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
-from jaxaffect import checkpointing
-from jaxaffect import config_lib
+from jaxaffect import checkpointing, config_lib
+from jaxaffect import converted_checkpoint as convert_store
+from jaxaffect import method as method_lib
 from jaxaffect import metric_writer
-from jaxaffect import methods
 from jaxaffect import sharding as shd
 from jaxaffect import steps as steps_lib
 from jaxaffect import workdir_lock
@@ -59,8 +60,9 @@ class _Preemption:
     return self.requested
 
 
-def setup(config, *, prepare_data: bool = True) -> steps_lib.Setup:
-  method = methods.get_method(config)
+def setup(config, *, prepare_data: bool = True, workdir: str | None = None
+          ) -> steps_lib.Setup:
+  method = method_lib.get_method(config, workdir=workdir)
   if prepare_data:
     if jax.process_index() == 0:
       method.prepare_data()
@@ -103,9 +105,8 @@ def initial_state(s: steps_lib.Setup, config, ckpt: checkpointing.Checkpointer |
 def _init_from(s: steps_lib.Setup, state, path: str):
   """Params (and model state such as BatchNorm statistics) from a converted checkpoint (its
   subtrees only; the rest keeps its init) or from another run's workdir/step (everything)."""
-  from jaxaffect.convert import store as convert_store
   if convert_store.is_converted(path):
-    ignore = ("visual_backbone",) if getattr(s.method, "visual_input", "") == "features" else ()
+    ignore = s.method.init_from_ignore
     params, model_state = convert_store.restore_converted(
         path, state["params"], state["model_state"], ignore_subtrees=ignore)
     log.info("initialised %s from converted checkpoint %s",
@@ -189,8 +190,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     ckpt.close()
     return results
   changes = _check_resume_config(config, workdir, ckpt)
-  s = setup(config)
-  s.method.workdir = workdir
+  s = setup(config, workdir=workdir)
   writer = metric_writer.MetricWriter(workdir)
   train_iter = s.method.train_iterator(seed=int(config.seed),
                                        global_batch_size=int(config.batch_size),
@@ -298,8 +298,7 @@ def evaluate_only(config, workdir: str) -> dict[str, float]:
   """--mode eval: restores the newest verified checkpoint of `workdir` (or `init_from`) and
   evaluates. Results are appended to metrics.jsonl when the workdir is writable and no run
   holds it; they are printed in any case."""
-  s = setup(config)
-  s.method.workdir = workdir
+  s = setup(config, workdir=workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   ckpt = None
   if os.path.isdir(ckpt_dir):
@@ -356,7 +355,6 @@ def _write_config(workdir: str, config, step: int = 0, changes: dict | None = No
 def _progress(start: int, total: int):
   if jax.process_index() != 0:
     return None
-  from tqdm import tqdm
   return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
               mininterval=1.0)
 

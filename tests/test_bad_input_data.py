@@ -23,9 +23,9 @@ import pytest
 
 from data_pipelines.builders import tsl300
 from jaxaffect import config_lib
-from jaxaffect.data import gait_pipeline as gp
+from jaxaffect.methods.bpmgcn import data as gp
 from jaxaffect.data import sources
-from jaxaffect.data import tsl_pipeline as tp
+from jaxaffect.methods.tsl import data as tp
 from jaxaffect.errors import UserError
 from jaxaffect.evaluation import localization as L
 from jaxaffect.tools import aggregate_splits, best_over_evals

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jaxaffect import config_lib
-from jaxaffect import methods
-from jaxaffect import summary
-from jaxaffect import sweep
+from jaxaffect import method as methods
+from jaxaffect.tools import summary
+from jaxaffect.tools import sweep
 from jaxaffect import trainer
 from jaxaffect.errors import UserError
-from jaxaffect.models import count_params
-from jaxaffect.models.bpmgcn import BPMGCN
+from jaxaffect.nn import count_params
+from jaxaffect.methods.bpmgcn.model import BPMGCN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "bpmgcn_emogait.py")
@@ -140,7 +140,7 @@ def test_movement_only_loss_is_its_cross_entropy_and_logits_are_the_stream_logit
 
 
 def test_sweep_dry_run_expands_the_preset():
-  r = subprocess.run([sys.executable, "-m", "jaxaffect.sweep", "--config",
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.tools.sweep", "--config",
                       "configs/bpmgcn_emogait.py:synthetic", "--root", "/tmp/never_created",
                       "--preset", "bpmgcn_ablations", "--dry-run"],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ import numpy as np
 
 import toy_method
 from jaxaffect import config_lib
-from jaxaffect import methods
+from jaxaffect import method as methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

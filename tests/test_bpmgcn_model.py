@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxaffect.models import count_params
-from jaxaffect.models import gait_features as gf
-from jaxaffect.models.bpmgcn import BPMGCN, egait_adjacency
+from jaxaffect.nn import count_params
+from jaxaffect.methods.bpmgcn import gait_features as gf
+from jaxaffect.methods.bpmgcn.model import BPMGCN, egait_adjacency
 
 T_SMALL = 8
 
@@ -147,7 +147,8 @@ from torch_reference_bpmgcn import BPMGCNRef  # noqa: E402
 from torch_reference import randomize_  # noqa: E402
 
 from jaxaffect.convert import __main__ as cli  # noqa: E402
-from jaxaffect.convert import converters_bpmgcn, store  # noqa: E402
+from jaxaffect import converted_checkpoint as store
+from jaxaffect.methods.bpmgcn import converters as converters_bpmgcn  # noqa: E402
 from jaxaffect.convert.keymap import ConversionError  # noqa: E402
 
 torch.set_num_threads(2)
@@ -210,7 +211,7 @@ def test_converter_parity_cli_code_fusion(tmp_path):
 def test_pm_fusion_variants_match_reference():
   """Both fusion forwards ("code" cascaded, "paper" product) against the reference Fusion."""
   from torch_reference_bpmgcn import Fusion
-  from jaxaffect.models.bpmgcn import PMFusion
+  from jaxaffect.methods.bpmgcn.model import PMFusion
   rs = np.random.RandomState(5)
   xp, xm = (rs.randn(2, 4, 16, 8).astype(np.float32) for _ in range(2))   # [B, T, V, C]
   torch.manual_seed(5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxaffect import config_lib
-from jaxaffect import methods
+from jaxaffect import method as methods
 from jaxaffect.tools import best_over_evals as boe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,10 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from jaxaffect.convert import __main__ as cli  # noqa: E402
-from jaxaffect.convert import converters, store, torch_pickle  # noqa: E402
+from jaxaffect import converted_checkpoint as store
+from jaxaffect.convert import converters, torch_pickle  # noqa: E402
+from jaxaffect.methods.vaanet import converters as vaanet_converters  # noqa: E402
 from jaxaffect.convert.keymap import ConversionError  # noqa: E402
-from jaxaffect.models.resnet2d import ResNet2D  # noqa: E402
-from jaxaffect.models.resnet3d import ResNet3D  # noqa: E402
+from jaxaffect.nn.resnet2d import ResNet2D  # noqa: E402
+from jaxaffect.nn.resnet3d import ResNet3D  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from torch_reference import (HaraResNet3D, TorchvisionResNet, VAANetRef,  # noqa: E402
@@ -285,11 +287,11 @@ def test_vaanet_checkpoint_parity(tmp_path):
   assert all(k.endswith("num_batches_tracked") for k in meta["dropped"])
 
   config = cli.load_config(config_arg, VAANET_SMALL)
-  abstract = converters.vaanet_abstract(config)
+  abstract = vaanet_converters.vaanet_abstract(config)
   fresh = _zeros_like_abstract(abstract)
   params, state = store.restore_converted(out, fresh["params"],
                                           {"batch_stats": fresh["batch_stats"]})
-  from jaxaffect import methods
+  from jaxaffect import method as methods
   model = methods.get_method(config).model
   rs = np.random.RandomState(3)
   video = rs.randint(0, 256, (1, 2, 16, 112, 112, 3)).astype(np.uint8)
@@ -330,18 +332,18 @@ def test_vaanet_real_size_key_mapping():
     ref = VAANetRef(visual_depth=101, seq_len=12, audio_n_segments=16, n_classes=8, m=16)
   sd = _shape_only(ref)
   config = cli.load_config(os.path.join(ROOT, "configs", "vaanet_ve8.py"), [])
-  conv = converters.vaanet({"epoch": 1, "state_dict": sd, "optimizer": {}}, config)
+  conv = vaanet_converters.vaanet({"epoch": 1, "state_dict": sd, "optimizer": {}}, config)
   n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(conv.variables["params"]))
   assert n == 97_869_012
   assert conv.variables["params"]["visual_backbone"]["layer3_22"]["conv2"]["kernel"].shape == (
       3, 3, 3, 256, 256)
   config.model.visual_input = "features"  # no backbone in that model: converted all the same
-  assert converters.vaanet({"state_dict": sd}, config).used == conv.used
+  assert vaanet_converters.vaanet({"state_dict": sd}, config).used == conv.used
   config.model.visual_input = "frames"
   config.dataset.num_segments = 10
   with pytest.raises(ConversionError, match=r"ta_net\.fc\.weight: checkpoint shape \(12, 12\), "
                                             r"model expects \(10, 10\)"):
-    converters.vaanet({"state_dict": sd}, config)
+    vaanet_converters.vaanet({"state_dict": sd}, config)
 
 
 # ---- init_from merge semantics ------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxaffect import config_lib
-from jaxaffect import methods
+from jaxaffect import method as methods
 import toy_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

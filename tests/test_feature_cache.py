@@ -6,8 +6,8 @@ import jax
 import numpy as np
 
 from jaxaffect import config_lib
-from jaxaffect import feature_cache
-from jaxaffect import methods
+from jaxaffect.methods.vaanet import feature_cache
+from jaxaffect import method as methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +24,7 @@ def test_cached_features_reproduce_frames_path(tmp_path, smoke_data_dir):
   feats = methods.get_method(cf)
 
   # The cache used a freshly initialised backbone with the config's seed; use the same one.
-  from jaxaffect.models.resnet3d import ResNet3D
+  from jaxaffect.nn.resnet3d import ResNet3D
   m = c.model
   net = ResNet3D(m.visual_depth, m.visual_width, conv_impl=m.conv_impl)
   snippet = np.zeros((1, c.dataset.snippet_len, c.dataset.crop_size, c.dataset.crop_size, 3),

@@ -10,7 +10,7 @@ import pytest
 from data_pipelines.builders import emotion_gait as eg
 from data_pipelines.synthetic import common
 from data_pipelines.synthetic import gait
-from jaxaffect.data import gait_pipeline as gp
+from jaxaffect.methods.bpmgcn import data as gp
 
 
 def _write(path, arrays):

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxaffect.models import count_params
-from jaxaffect.models.layers import BatchNorm, Conv3D, conv3d, resolve_conv_impl
-from jaxaffect.models.resnet2d import ResNet2D
-from jaxaffect.models.resnet3d import ResNet3D
-from jaxaffect.models.transformer import TransformerBlock
-from jaxaffect.models.vaanet import VAANet, normalize_video
+from jaxaffect.nn import count_params
+from jaxaffect.nn.layers import BatchNorm, Conv3D, conv3d, resolve_conv_impl
+from jaxaffect.nn.resnet2d import ResNet2D
+from jaxaffect.nn.resnet3d import ResNet3D
+from jaxaffect.nn.transformer import TransformerBlock
+from jaxaffect.methods.vaanet.model import VAANet, normalize_video
 
 # RngBitGenerator keys compile ~3x faster than threefry for the many param inits of a jitted
 # model.init on XLA:CPU (test speed only; values don't matter here).

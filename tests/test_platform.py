@@ -8,7 +8,7 @@ import pytest
 
 import toy_method
 from jaxaffect import checkpointing
-from jaxaffect import methods
+from jaxaffect import method as methods
 from jaxaffect import sharding as shd
 from jaxaffect import steps
 from jaxaffect import trainer

@@ -1,4 +1,4 @@
-"""Sweep launcher (jaxaffect.sweep) and split aggregation (jaxaffect.tools.aggregate_splits).
+"""Sweep launcher (jaxaffect.tools.sweep) and split aggregation (jaxaffect.tools.aggregate_splits).
 
 One real sweep of the smoke demo (2 trained variants, 2 failing ones) runs once per module; its
 workdirs are left in <basetemp>/sweep for test_viz.py to reuse.
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from jaxaffect import sweep
+from jaxaffect.tools import sweep
 from jaxaffect.tools import aggregate_splits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +30,7 @@ def _env(data_dir):
 
 def _sweep(*args, data_dir):
   t0 = time.perf_counter()
-  r = subprocess.run([sys.executable, "-m", "jaxaffect.sweep", *args], cwd=ROOT,
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.tools.sweep", *args], cwd=ROOT,
                      env=_env(data_dir), capture_output=True, text=True, timeout=600)
   return r, time.perf_counter() - t0
 

@@ -263,7 +263,7 @@ def test_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
 
 
 def test_converted_checkpoints_are_verified_on_init_from(tmp_path):
-  from jaxaffect.convert import store
+  from jaxaffect import converted_checkpoint as store
   from jaxaffect.convert.keymap import ConversionError
 
   class Converted:  # what a converter returns, reduced to what save_converted reads

@@ -12,7 +12,7 @@ from data_pipelines.builders import tsl300
 from data_pipelines.synthetic import __main__ as cli
 from data_pipelines.synthetic import common
 from data_pipelines.synthetic import untrimmed
-from jaxaffect.data import tsl_pipeline as tp
+from jaxaffect.methods.tsl import data as tp
 from jaxaffect.errors import UserError
 
 TINY = dict(num_train=6, num_test=3, min_snippets=30, max_snippets=90, max_segment_snippets=14,

@@ -7,7 +7,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from jaxaffect.methods import tsl_loss
+from jaxaffect.methods.tsl import loss as tsl_loss
 
 
 def loop_seeds(p, y, thresh=0.95):

@@ -59,7 +59,7 @@ def test_smoke_run_writes_each_tiou_and_files(smoke_run):
 
 def test_figures_from_the_run(smoke_run, tmp_path):
   _, workdir, _ = smoke_run
-  from jaxaffect.viz import localization as viz
+  from jaxaffect.methods.tsl import figures as viz
   assert viz.main(["--workdir", workdir, "--out", str(tmp_path), "--max-videos", "2"]) == 0
   pngs = sorted(p for p in os.listdir(tmp_path) if p.endswith(".png"))
   assert len(pngs) == 2

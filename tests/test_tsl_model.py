@@ -10,8 +10,9 @@ import pytest
 from flax import traverse_util
 import flax.linen as nn
 
-from jaxaffect.convert import converters_tsl, keymap, torch_pickle
-from jaxaffect.models import tsl as tsl_model
+from jaxaffect.convert import keymap, torch_pickle
+from jaxaffect.methods.tsl import converters as converters_tsl
+from jaxaffect.methods.tsl import model as tsl_model
 
 NARROW = dict(audio_channels=(8, 16, 32), align_features=24, neck_features=40)
 

@@ -1,10 +1,10 @@
-"""TSL-Net inference post-processing (jaxaffect.evaluation.tsl_postprocess)."""
+"""TSL-Net inference post-processing (jaxaffect.methods.tsl.postprocess)."""
 import numpy as np
 import pytest
 from scipy.interpolate import interp1d
 
 from jaxaffect.evaluation import localization
-from jaxaffect.evaluation import tsl_postprocess as P
+from jaxaffect.methods.tsl import postprocess as P
 
 
 def _two_bumps(num_steps=20):

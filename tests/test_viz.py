@@ -1,4 +1,4 @@
-"""Attention figure (jaxaffect.viz.attention) from a trained smoke workdir.
+"""Attention figure (jaxaffect.methods.vaanet.attention) from a trained smoke workdir.
 
 Reuses a workdir trained by test_sweep.py in this session when there is one (<basetemp>/sweep/a),
 else trains the smoke demo for one step.
@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxaffect import sweep
-from jaxaffect.viz import attention
+from jaxaffect.tools import sweep
+from jaxaffect.methods.vaanet import attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +47,7 @@ def trained(tmp_path_factory, smoke_data_dir):
 def test_attention_figure_from_checkpoint(trained, smoke_data_dir, tmp_path):
   video = sorted(glob.glob(os.path.join(smoke_data_dir, "raw", "*", "Joy", "*.mp4")))[0]
   out, js = tmp_path / "att.png", tmp_path / "att.json"
-  r = _run("jaxaffect.viz.attention", "--config", "configs/demo.py:smoke", "--workdir",
+  r = _run("jaxaffect.methods.vaanet.attention", "--config", "configs/demo.py:smoke", "--workdir",
            str(trained), "--video", video, "--out", str(out), "--json_out", str(js),
            data_dir=smoke_data_dir)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -71,7 +71,7 @@ def test_attention_figure_from_checkpoint(trained, smoke_data_dir, tmp_path):
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, smoke_data_dir):
-  r = _run("jaxaffect.viz.attention", "--config", "configs/demo.py:smoke", "--workdir",
+  r = _run("jaxaffect.methods.vaanet.attention", "--config", "configs/demo.py:smoke", "--workdir",
            str(tmp_path / "empty"), "--video", "x.mp4", "--out", str(tmp_path / "o.png"),
            data_dir=smoke_data_dir)
   assert r.returncode == 1

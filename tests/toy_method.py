@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from jaxaffect import config_lib
-from jaxaffect.methods import base
+from jaxaffect import method as base
 
 
 class ToyModel(nn.Module):
@@ -128,7 +128,7 @@ class TinyTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    from jaxaffect.models.transformer import TransformerBlock
+    from jaxaffect.nn.transformer import TransformerBlock
     x = TransformerBlock(num_heads=8, head_dim=16, mlp_dim=256)(x, train=train)
     x = TransformerBlock(num_heads=8, head_dim=16, mlp_dim=256)(x, train=train)
     return nn.Dense(4, kernel_init=nn.with_logical_partitioning(

@@ -14,7 +14,7 @@ joint-major, joint order of brief section 3), and label files holding one scalar
 Preprocessing (BPM-GCN, brief 6.2): ELMD keeps every 5th frame (240 -> 48); then every gait
 keeps its first `num_frames` (48) frames and is zero-padded to 48. Trailing all-zero frames in
 the raw arrays are not counted as real frames. Coordinates are stored as is (no centring; the
-input pipeline centres online when `dataset.center` asks for it, jaxaffect/data/gait_pipeline.py).
+input pipeline centres online when `dataset.center` asks for it, jaxaffect/methods/bpmgcn/data.py).
 
 Split: one seeded random permutation of all gaits listed in the files (sorted (part, key)),
 cut 9:1 (`test_fraction`); `fold` picks another contiguous test block of the same permutation,

@@ -8,10 +8,9 @@
   python -m jaxaffect.convert torchvision-resnet18 IN.pth OUT_DIR   (or torchvision-resnet --depth)
       torchvision ImageNet ResNet -> VAANet's audio_backbone; the ImageNet conv1 and fc are
       dropped, the model's 1-channel (7, 1) audio stem keeps its init.
-  python -m jaxaffect.convert vaanet --config configs/vaanet_ve8.py [--config.a.b=v ...] \
-      IN.pth OUT_DIR
-      A checkpoint saved by the released VAANet code ({'epoch', 'state_dict', 'optimizer'}) ->
-      all VAANet params and batch_stats for the model that config builds.
+  python -m jaxaffect.convert {vaanet, tsl, bpmgcn} ...
+      The papers' own checkpoints: each method package's converters.py adds its subcommand
+      (see `python -m jaxaffect.convert --help`).
   python -m jaxaffect.convert inspect IN.pth
       Lists the tensors (key, shape, dtype).
 
@@ -22,11 +21,11 @@ comes from a key (or is listed as keeping its init): anything else is an error n
 evaluate from it with --config.init_from=OUT_DIR. Reading .pth files uses a restricted unpickler
 (`torch_pickle`) for both the zip (torch >= 1.6) and the legacy (torch <= 1.5) formats.
 """
-from jaxaffect.convert.converters import Converted, hara3d, torchvision_resnet, vaanet
+from jaxaffect.convert.converters import Converted, hara3d, torchvision_resnet
 from jaxaffect.convert.keymap import ConversionError
-from jaxaffect.convert.store import is_converted, read_meta, restore_converted, save_converted
+from jaxaffect.converted_checkpoint import (is_converted, read_meta, restore_converted,
+                                            save_converted)
 from jaxaffect.convert.torch_pickle import TorchFileError, load as load_pth
 
 __all__ = ["Converted", "ConversionError", "TorchFileError", "hara3d", "is_converted",
-           "load_pth", "read_meta", "restore_converted", "save_converted", "torchvision_resnet",
-           "vaanet"]
+           "load_pth", "read_meta", "restore_converted", "save_converted", "torchvision_resnet"]

@@ -1,4 +1,4 @@
-"""CLI: python -m jaxaffect.convert {hara3d, torchvision-resnet, vaanet, bpmgcn, inspect} ...
+"""CLI: python -m jaxaffect.convert {hara3d, torchvision-resnet, inspect, <method converters>}
 (see jaxaffect/convert/__init__.py for usage)."""
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import sys
 import time
 
 from jaxaffect import config_lib
+from jaxaffect import converted_checkpoint as store
+from jaxaffect import method as method_lib
+from jaxaffect.convert import converters, torch_pickle
 from jaxaffect.errors import UserError
 
 
@@ -20,43 +23,47 @@ def load_config(spec: str, overrides: list[str]):
   return config_lib.load(spec, overrides)
 
 
+def _io_args(sp) -> None:
+  sp.add_argument("input", help="the PyTorch .pth file")
+  sp.add_argument("out_dir", help="output directory (an Orbax params checkpoint)")
+  sp.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+
+
+def _hara3d(obj, args, overrides):
+  return converters.hara3d(obj, depth=args.depth, conv1_t_size=args.conv1_t_size,
+                           source=args.input)
+
+
+def _torchvision(obj, args, overrides):
+  depth = args.depth if args.depth is not None else (
+      18 if args.command == "torchvision-resnet18" else None)
+  return converters.torchvision_resnet(obj, depth=depth, source=args.input)
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m jaxaffect.convert",
       description="Convert PyTorch checkpoints of the original models to jaxaffect params "
                   "checkpoints (use with --config.init_from=OUT_DIR).")
   sub = p.add_subparsers(dest="command", required=True)
-
-  def io_args(sp):
-    sp.add_argument("input", help="the PyTorch .pth file")
-    sp.add_argument("out_dir", help="output directory (an Orbax params checkpoint)")
-    sp.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
-
   h = sub.add_parser("hara3d", help="Hara et al. 3D ResNet (resnet-D-kinetics.pth, "
                                     "r3dD_*_200ep.pth) -> visual_backbone")
   h.add_argument("--depth", type=int, default=None, help="10/18/34/50/101/152/200 (default: "
                                                          "inferred from the keys)")
   h.add_argument("--conv1-t-size", type=int, default=None,
                  help="stem temporal kernel (default: read from conv1.weight)")
-  io_args(h)
+  _io_args(h)
+  h.set_defaults(convert=_hara3d)
   for name in ("torchvision-resnet", "torchvision-resnet18"):
     t = sub.add_parser(name, help="torchvision ImageNet ResNet (resnet18-*.pth) -> "
                                   "audio_backbone (VAANet's audio stem keeps its init)")
     t.add_argument("--depth", type=int, default=None, help="18/34/50 (default: inferred)")
-    io_args(t)
-  v = sub.add_parser("vaanet", help="checkpoint of the released VAANet code -> full VAANet")
-  v.add_argument("--config", required=True,
-                 help="config file[:arg] that builds the model, e.g. configs/vaanet_ve8.py; "
-                      "add --config.a.b=value overrides after it")
-  io_args(v)
-  g = sub.add_parser("bpmgcn", help="state_dict of the released BPM-GCN code -> BPMGCN")
-  g.add_argument("--fusion", choices=("code", "paper", "none"), default=None,
-                 help="fusion forward for the converted model (default: code when the "
-                      "checkpoint has fusion weights, else none)")
-  io_args(g)
-  t = sub.add_parser("tsl", help="state_dict of the released TSL-Net code "
-                                 "(model_seed_123.pkl) -> TSLNet")
-  io_args(t)
+    _io_args(t)
+    t.set_defaults(convert=_torchvision)
+  # Each method package may add converters of its paper's checkpoints (methods/<m>/converters.py
+  # with add_commands(sub, io_args)); the registry finds them by name.
+  for module in method_lib.plugin_modules("converters"):
+    module.add_commands(sub, _io_args)
   i = sub.add_parser("inspect", help="list the tensors of a .pth file (no torch needed)")
   i.add_argument("input")
   return p
@@ -64,9 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args, extra = _parser().parse_known_args(argv)
-  if extra and args.command != "vaanet":
+  if extra and not getattr(args, "accepts_overrides", False):
     raise UserError(f"unrecognised arguments: {' '.join(extra)}")
-  from jaxaffect.convert import converters, store, torch_pickle
   t0 = time.time()
   size = os.path.getsize(args.input) / 2**20 if os.path.exists(args.input) else 0
   _say(f"reading {args.input} ({size:.1f} MiB)")
@@ -80,22 +86,7 @@ def main(argv: list[str] | None = None) -> int:
   out_dir = os.path.abspath(os.path.expanduser(args.out_dir))
   if os.path.exists(out_dir) and os.listdir(out_dir) and not args.overwrite:
     raise UserError(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
-  if args.command == "hara3d":
-    conv = converters.hara3d(obj, depth=args.depth, conv1_t_size=args.conv1_t_size,
-                             source=args.input)
-  elif args.command.startswith("torchvision-resnet"):
-    depth = args.depth if args.depth is not None else (
-        18 if args.command == "torchvision-resnet18" else None)
-    conv = converters.torchvision_resnet(obj, depth=depth, source=args.input)
-  elif args.command == "bpmgcn":
-    from jaxaffect.convert import converters_bpmgcn
-    conv = converters_bpmgcn.bpmgcn(obj, fusion=args.fusion, source=args.input)
-  elif args.command == "tsl":
-    from jaxaffect.convert import converters_tsl
-    conv = converters_tsl.tsl(obj, source=args.input)
-  else:
-    config = load_config(args.config, extra)
-    conv = converters.vaanet(obj, config, source=args.input)
+  conv = args.convert(obj, args, extra)
   n = sum(a.size for c in conv.variables.values() for a in _leaves(c))
   _say(f"mapped {len(conv.used)} tensors onto {', '.join(conv.subtrees)} ({n:,} values)")
   for k, why in sorted(conv.dropped.items()):

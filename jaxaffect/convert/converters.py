@@ -1,4 +1,5 @@
-"""The converters: Hara 3D ResNets, torchvision 2D ResNets (VAANet's audio body), full VAANet.
+"""Shared converters: Hara 3D ResNets and torchvision 2D ResNets (backbones several methods
+build), plus the `Converted` record and helpers every method's converters use.
 
 Each takes the object `torch_pickle.load` returned (a checkpoint dict or a bare state_dict) and
 returns a `Converted`: NumPy {"params", "batch_stats"} trees laid out as the jaxaffect model
@@ -14,10 +15,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxaffect.convert import keymap
 from jaxaffect.convert.keymap import ConversionError
+from jaxaffect.nn.resnet2d import RESNET2D_LAYERS, ResNet2D
+from jaxaffect.nn.resnet3d import RESNET3D_LAYERS, ResNet3D
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +77,14 @@ def state_dict_of(obj: Any, source: str = "checkpoint") -> tuple[dict[str, np.nd
   return dict(sd), notes
 
 
-def _unbox(tree):
+def unbox(tree):
   import flax.linen as nn
   return nn.meta.unbox(tree)
 
 
 def abstract_variables(model, *args, **kwargs) -> dict[str, Any]:
-  import jax
   v = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a, **kwargs), *args)
-  v = _unbox(dict(v))
+  v = unbox(dict(v))
   return {c: dict(v[c]) for c in ("params", "batch_stats") if c in v}
 
 
@@ -140,7 +143,6 @@ def hara3d(obj: Any, *, depth: int | None = None, conv1_t_size: int | None = Non
            source: str = "checkpoint") -> Converted:
   """Hara et al.'s 3D ResNet (2018 resnet-D-kinetics.pth or 2020 r3dD_*_200ep.pth) -> the
   `visual_backbone` subtree of VAANet (a partial tree). The fc head is dropped (accounted)."""
-  from jaxaffect.models.resnet3d import RESNET3D_LAYERS, ResNet3D
   sd, notes = state_dict_of(obj, source)
   if depth is None:
     depth = infer_resnet_depth(sd, RESNET3D_LAYERS)
@@ -149,7 +151,6 @@ def hara3d(obj: Any, *, depth: int | None = None, conv1_t_size: int | None = Non
   if conv1_t_size is None:
     w = sd.get("conv1.weight")
     conv1_t_size = int(w.shape[2]) if w is not None and w.ndim == 5 else 7
-  import jax
   model = ResNet3D(depth, 64, conv1_t_size=conv1_t_size)
   x = jax.ShapeDtypeStruct((1, 16, 112, 112, 3), np.float32)
   abstract = _wrap(abstract_variables(model, x, use_running_average=True), "visual_backbone")
@@ -172,13 +173,11 @@ def torchvision_resnet(obj: Any, *, depth: int | None = None,
 
   VAANet replaces conv1 by a fresh 1-channel (7, 1) conv: the ImageNet conv1 and fc are dropped
   (accounted) and the model's audio_backbone/conv1 keeps its init (listed in keep_init)."""
-  from jaxaffect.models.resnet2d import RESNET2D_LAYERS, ResNet2D
   sd, notes = state_dict_of(obj, source)
   if depth is None:
     depth = infer_resnet_depth(sd, RESNET2D_LAYERS)
   if depth not in RESNET2D_LAYERS:
     raise ConversionError(f"--depth must be one of {sorted(RESNET2D_LAYERS)}, got {depth}")
-  import jax
   model = ResNet2D(depth, 64)
   x = jax.ShapeDtypeStruct((1, 256, 32, 1), np.float32)
   abstract = _wrap(abstract_variables(model, x, use_running_average=True), "audio_backbone")
@@ -194,49 +193,3 @@ def torchvision_resnet(obj: Any, *, depth: int | None = None,
   return Converted("torchvision-resnet", mapped.variables,
                    ["params/audio_backbone", "batch_stats/audio_backbone"], mapped.skipped,
                    mapped.used, mapped.dropped, info)
-
-
-def vaanet_abstract(config) -> dict[str, Any]:
-  """The abstract {"params", "batch_stats"} of the VAANet the config builds (as the trainer)."""
-  import copy
-
-  import jax
-  from jaxaffect import methods
-  if config.model.get("visual_input", "frames") != "frames":
-    # A features-mode model has no backbone; convert the whole network all the same (the
-    # feature cache takes visual_backbone, the trainer the rest).
-    config = copy.deepcopy(config)
-    config.model.visual_input = "frames"
-  method = methods.get_method(config)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-           for k, v in method.example_batch(1).items()}
-
-  def init():
-    import jax.numpy as jnp
-    return method.init_variables(jax.random.key(0),
-                                 {k: jnp.zeros(s.shape, s.dtype) for k, s in batch.items()})
-
-  v = _unbox(dict(jax.eval_shape(init)))
-  return {c: dict(v[c]) for c in ("params", "batch_stats") if c in v}
-
-
-def vaanet(obj: Any, config, *, source: str = "checkpoint") -> Converted:
-  """A checkpoint of the released VAANet code ({'epoch', 'state_dict', 'optimizer'}) -> the
-  full VAANet variables for `config` (all of params and batch_stats, incl. the fine-tuned
-  backbone's running statistics). The optimizer state is not converted."""
-  sd, notes = state_dict_of(obj, source)
-  abstract = vaanet_abstract(config)
-  drop = {}
-  if "fc" not in abstract["params"]:  # model built with keep_unused_fc=False
-    drop = {"fc.weight": "VisualStream.fc, unused by VAANet's forward",
-            "fc.bias": "VisualStream.fc, unused by VAANet's forward"}
-  mapped = keymap.map_state_dict(
-      sd, abstract, {"visual_backbone": keymap.sequential_resnet("resnet"),
-                     "audio_backbone": keymap.sequential_resnet("a_resnet")},
-      drop=drop, source=source,
-      hint=lambda m, u: ("do config.model (visual_depth, audio_depth, widths, dims) and "
-                         "config.dataset (num_segments, audio_segments, num_classes, crop "
-                         "size: hw) match the trained model?") if m or u else "")
-  subtrees = [f"{c}/{t}" for c in abstract for t in abstract[c]]
-  return Converted("vaanet", mapped.variables, subtrees, mapped.skipped, mapped.used,
-                   mapped.dropped, dict(notes))

@@ -1,7 +1,7 @@
 """Strict PyTorch state_dict -> Flax variables mapping, driven by the Flax model's own tree.
 
 The target is the model's abstract variables {"params": ..., "batch_stats": ...}; every leaf names
-its PyTorch key by the project rule (models/*.py docstrings): module "name_i" -> "name.i",
+its PyTorch key by the project rule (the Flax modules' docstrings): module "name_i" -> "name.i",
 kernel/scale -> weight, bias -> bias, batch_stats mean/var -> running_mean/running_var, and a
 BatchNorm's optional `num_batches_tracked` is consumed with it. A per-converter `rename` maps the
 first path component (e.g. visual_backbone -> "resnet" with Sequential indices).
@@ -23,15 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxaffect.errors import UserError
+from jaxaffect.converted_checkpoint import flatten, unflatten  # noqa: F401 (used as keymap.*)
+from jaxaffect.errors import ConversionError, UserError  # ConversionError: re-exported
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                "var": "running_var"}
 _MAX_LISTED = 20
-
-
-class ConversionError(UserError, ValueError):
-  """A checkpoint does not fit the target model; the message names every offending key."""
 
 
 def module_name(flax_name: str) -> str:
@@ -73,26 +70,6 @@ def below(prefix: str = "") -> Callable[[tuple[str, ...]], str]:
     return ".".join(p for p in [prefix, plain(path[1:])] if p)
 
   return rename
-
-
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    d = out
-    for p in path[:-1]:
-      d = d.setdefault(p, {})
-    d[path[-1]] = v
-  return out
 
 
 def torch_shape(flax_shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:

@@ -1,7 +1,6 @@
 """VAANet (Zhao et al., AAAI 2020): visual-audio attention + polarity-consistent cross-entropy.
 
-Model: jaxaffect.models.vaanet.VAANet. Loss: PCCE, per-sample CE weighted by (1 + lambda) when
-the argmax prediction's polarity differs from the label's (a hard, non-differentiable weight, as
+Model: model.VAANet. Loss: PCCE, per-sample CE weighted by (1 + lambda) when the argmax prediction's polarity differs from the label's (a hard, non-differentiable weight, as
 the released code computes it). Metrics: top-1, per-class and mean-class accuracy, polarity
 accuracy, confusion matrix. Data: VE-8-style datasets through the video_emotion builder.
 """
@@ -17,8 +16,8 @@ import optax
 from jaxaffect import config_lib
 from jaxaffect.errors import UserError
 from jaxaffect.evaluation import classification
-from jaxaffect.methods import base
-from jaxaffect.models import vaanet as vaanet_model
+from jaxaffect import method as base
+from jaxaffect.methods.vaanet import model as vaanet_model
 
 
 def pcce_loss(logits: jax.Array, labels: jax.Array, polarity_table: jax.Array,
@@ -39,9 +38,11 @@ class Method(base.Method):
     ds = self.config.dataset
     kwargs = dict(m.to_dict())
     # "frames": decoded snippets through the frozen backbone; "features": the backbone's cached
-    # layer4 outputs (see jaxaffect/feature_cache.py), the backbone is not built.
+    # layer4 outputs (see jaxaffect/methods/vaanet/feature_cache.py), the backbone is not built.
     self.visual_input = kwargs.pop("visual_input", "frames")
     config_lib.check_choice("model.visual_input", self.visual_input, ("frames", "features"))
+    # Trained from cached backbone features: a converted checkpoint's backbone is not used.
+    self.init_from_ignore = ("visual_backbone",) if self.visual_input == "features" else ()
     # "pcce": polarity-consistent CE (the paper); "ce": plain cross-entropy (its ablation).
     config_lib.check_choice("loss.name", self.config.loss.get("name", "pcce"), ("pcce", "ce"))
     kwargs.setdefault("num_classes", int(ds.num_classes))
@@ -108,31 +109,31 @@ class Method(base.Method):
 
   # ---- data ------------------------------------------------------------------------------------
   def _feature_cache(self, split):
-    from jaxaffect import feature_cache
+    from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
     if not self.config.dataset.get("feature_cache", ""):
       raise UserError("model.visual_input='features' needs --config.dataset.feature_cache=DIR "
-                      "(built with python -m jaxaffect.feature_cache)")
+                      "(built with python -m jaxaffect.methods.vaanet.feature_cache)")
     return feature_cache.CachedFeatures(self.config.dataset.feature_cache, split)
 
   def prepare_data(self):
     if self.visual_input == "features":
-      return  # the cache was built beforehand (python -m jaxaffect.feature_cache)
-    from jaxaffect.data import sources
+      return  # the cache was built beforehand (python -m jaxaffect.methods.vaanet.feature_cache)
+    from jaxaffect.data import sources  # deferred: grain + media stack
     sources.prepare_video_emotion(self.config.dataset)
 
   # Data modules are imported where used: model-only uses (summary, step benchmarks, converters)
   # need neither grain nor the media stack.
   def transform_config(self):
-    from jaxaffect.data import video_transforms
+    from jaxaffect.data import video_transforms  # deferred: grain + media stack
     ds = self.config.dataset
     names = {f.name for f in dataclasses.fields(video_transforms.TransformConfig)}
     return video_transforms.TransformConfig.create({k: ds[k] for k in names if k in ds})
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
-    from jaxaffect.data import pipeline, sources
+    from jaxaffect.data import pipeline, sources  # deferred: grain + media stack
     ds = self.config.dataset
     if self.visual_input == "features":
-      from jaxaffect import feature_cache
+      from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
       return feature_cache.train_iterator(
           self._feature_cache("train"), seed=seed, global_batch_size=global_batch_size,
           process_index=process_index, process_count=process_count)
@@ -144,10 +145,10 @@ class Method(base.Method):
     return iter(dataset)
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
-    from jaxaffect.data import pipeline, sources
+    from jaxaffect.data import pipeline, sources  # deferred: grain + media stack
     ds = self.config.dataset
     if self.visual_input == "features":
-      from jaxaffect import feature_cache
+      from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
       return feature_cache.eval_batches(
           self._feature_cache(ds.get("eval_split", "test")), global_batch_size=global_batch_size,
           process_index=process_index, process_count=process_count)

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxaffect.models.layers import BatchNorm, torch_default_bias_init, torch_default_kernel_init
+from jaxaffect.nn.layers import BatchNorm, torch_default_bias_init, torch_default_kernel_init
 
 Array = jax.Array
 MODALITIES = ("both", "visual", "audio")

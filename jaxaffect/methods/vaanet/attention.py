@@ -1,6 +1,6 @@
 """VAANet's attentions on one video, from a trained workdir, as a PNG.
 
-  python -m jaxaffect.viz.attention --config configs/x.py[:arg] --workdir DIR \
+  python -m jaxaffect.methods.vaanet.attention --config configs/x.py[:arg] --workdir DIR \
       --video PATH.mp4 --out OUT.png [--step N] [--json_out OUT.json] [--label CLASS]
 
 The video is decoded and featurised exactly as the extraction does it (the builder's
@@ -25,9 +25,18 @@ import os
 import sys
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxaffect import config_lib
+from jaxaffect import checkpointing, config_lib
+from jaxaffect import sharding as shd
+from jaxaffect import steps as steps_lib
+from jaxaffect import trainer
+from jaxaffect.data import sources, video_transforms
+from jaxaffect.errors import PathNotFound, UserError
+from jaxaffect.methods.vaanet.model import VAANet
+from jaxaffect.nn.resnet3d import ResNet3D
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +97,6 @@ def sync_with_workdir(config, workdir: str) -> list[str]:
 def decode_video(config, video_path: str, method) -> dict[str, np.ndarray]:
   """One model example {video [S,T,c,c,3], audio [A,F,M]} as the eval pipeline makes it."""
   from data_pipelines.builders import video_emotion
-  from jaxaffect.data import sources, video_transforms
-  from jaxaffect.errors import PathNotFound
   if not os.path.isfile(video_path):
     raise PathNotFound(f"--video: {video_path} does not exist")
   kw = sources.extraction_kwargs(config.dataset)
@@ -108,9 +115,6 @@ def decode_video(config, video_path: str, method) -> dict[str, np.ndarray]:
 
 def feature_grid(method, snippet_len: int, crop: int, hw: int) -> tuple[int, int, int]:
   """(T', H', W') of the visual backbone's layer4 map for one snippet."""
-  import jax
-  import jax.numpy as jnp
-  from jaxaffect.models.resnet3d import ResNet3D
   try:
     if hasattr(method, "backbone_feature_shape"):
       shape = (1, *method.backbone_feature_shape())
@@ -135,12 +139,6 @@ def feature_grid(method, snippet_len: int, crop: int, hw: int) -> tuple[int, int
 def attention_maps(config, workdir: str, video_path: str, step: int | None = None
                    ) -> dict[str, Any]:
   """Runs VAANet on one video; returns frames, alpha on the grid, gamma, probabilities."""
-  import jax
-  from jaxaffect import checkpointing, trainer
-  from jaxaffect import sharding as shd
-  from jaxaffect import steps as steps_lib
-  from jaxaffect.errors import PathNotFound, UserError
-  from jaxaffect.models.vaanet import VAANet
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir) and not config.get("init_from", ""):
@@ -332,7 +330,6 @@ def _cli():
 
   def main(argv):
     del argv
-    from jaxaffect.errors import UserError
     from absl import logging as absl_logging
     if not flags.FLAGS["verbosity"].present:
       absl_logging.set_verbosity(absl_logging.WARNING)

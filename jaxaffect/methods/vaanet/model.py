@@ -34,10 +34,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxaffect.models.layers import (BatchNorm, Initializer, dense, kaiming_normal_fan_out,
+from jaxaffect.nn.layers import (BatchNorm, Initializer, dense, kaiming_normal_fan_out,
                                      torch_default_bias_init, torch_default_kernel_init)
-from jaxaffect.models.resnet2d import ResNet2D
-from jaxaffect.models.resnet3d import ResNet3D
+from jaxaffect.nn.resnet2d import ResNet2D
+from jaxaffect.nn.resnet3d import ResNet3D
 
 Array = jax.Array
 

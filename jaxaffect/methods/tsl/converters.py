@@ -12,11 +12,13 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxaffect.convert import keymap
 from jaxaffect.convert.converters import Converted, abstract_variables, state_dict_of
 from jaxaffect.convert.keymap import ConversionError
+from jaxaffect.methods.tsl.model import TSLNet
 
 _PREFIX = "cls_module."
 
@@ -56,8 +58,6 @@ def tsl_abstract(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _abstract(items: tuple) -> dict[str, Any]:
-  import jax
-  from jaxaffect.models.tsl import TSLNet
   s = dict(items)
   rgb = s.pop("rgb_features", 1024)
   model = TSLNet(**s)
@@ -87,3 +87,11 @@ def tsl(obj: Any, *, source: str = "checkpoint") -> Converted:
   subtrees = [f"{c}/{t}" for c in abstract for t in abstract[c]]
   info = dict(notes, **{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()})
   return Converted("tsl", mapped.variables, subtrees, [], mapped.used, mapped.dropped, info)
+
+
+def add_commands(sub, io_args) -> None:
+  """The `tsl` subcommand of `python -m jaxaffect.convert`."""
+  t = sub.add_parser("tsl", help="state_dict of the released TSL-Net code "
+                                 "(model_seed_123.pkl) -> TSLNet")
+  io_args(t)
+  t.set_defaults(convert=lambda obj, args, overrides: tsl(obj, source=args.input))

@@ -1,6 +1,6 @@
 """Online input pipeline for TSL-Net features (tsl300 records -> bucketed batches), plus sources.
 
-Same rules as pipeline.py and gait_pipeline.py (topology independence): a seeded global shuffle +
+Same rules as jaxaffect/data/pipeline.py (topology independence): a seeded global shuffle +
 repeat on the global example stream, then batch to the per-process size and take every P-th
 batch; eval covers each example once, the last global batch padded ("_mask" False).
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = ("synthetic_tsl",)
 REAL = ("tsl300",)
-# The last bucket is TSL-Net's step-encoding limit (models/tsl.py PE_LENGTH): a longer video is a
+# The last bucket is TSL-Net's step-encoding limit (model.py PE_LENGTH): a longer video is a
 # pipeline error naming dataset.buckets rather than a model error.
 DEFAULT_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4000)
 SNIPPET_FRAMES = 16

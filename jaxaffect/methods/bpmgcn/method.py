@@ -1,7 +1,7 @@
 """BPM-GCN (TAC 2024): gait emotion recognition from 3D skeletons.
 
-Model: jaxaffect.models.bpmgcn.BPMGCN (posture + movement streams, bilateral fusion, per-frame
-affective-feature regression). Loss as the released code: CE(posture logits) + CE(movement
+Model: model.BPMGCN (posture + movement streams, bilateral fusion, per-frame affective-feature
+regression). Loss as the released code: CE(posture logits) + CE(movement
 logits) + w * MSE(affective regression, the 31 STEP features computed from the skeleton).
 Predictions average the two streams' logits. Data: Emotion-Gait layout (h5 + labels) through
 the `emotion_gait` builder; batches "skeleton" [B, 48, 16, 3], "mask" [B, 48], "label" [B].
@@ -26,9 +26,9 @@ import optax
 
 from jaxaffect.errors import UserError
 from jaxaffect.evaluation import classification
-from jaxaffect.methods import base
-from jaxaffect.models import bpmgcn as bpmgcn_model
-from jaxaffect.models import gait_features
+from jaxaffect import method as base
+from jaxaffect.methods.bpmgcn import model as bpmgcn_model
+from jaxaffect.methods.bpmgcn import gait_features
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,11 @@ class Method(base.Method):
         class_names=tuple(self.config.dataset.get("class_names", ())))
 
   def prepare_data(self):
-    from jaxaffect.data import gait_pipeline
+    from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     gait_pipeline.prepare_emotion_gait(self.config.dataset)
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
-    from jaxaffect.data import gait_pipeline
+    from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     ds = self.config.dataset
     src = gait_pipeline.emotion_gait_source(ds, "train")
     aug = ds.get("augment", None)
@@ -118,7 +118,7 @@ class Method(base.Method):
         center=str(ds.get("center", "none"))))
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
-    from jaxaffect.data import gait_pipeline
+    from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     ds = self.config.dataset
     src = gait_pipeline.emotion_gait_source(ds, "test")
     return gait_pipeline.eval_batches(src, global_batch_size=global_batch_size,

@@ -13,11 +13,13 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxaffect.convert import keymap
 from jaxaffect.convert.converters import Converted, abstract_variables, state_dict_of
 from jaxaffect.convert.keymap import ConversionError
+from jaxaffect.methods.bpmgcn.model import BPMGCN
 
 _PA = "PA"
 
@@ -32,8 +34,6 @@ def bpmgcn_abstract(*, fusion: str = "code", num_frames: int = 48, num_classes: 
 
 @functools.lru_cache(maxsize=8)
 def _abstract(fusion: str, num_frames: int, num_classes: int, num_affective: int):
-  import jax
-  from jaxaffect.models.bpmgcn import BPMGCN
   model = BPMGCN(num_classes=num_classes, num_affective=num_affective, fusion=fusion)
   x = jax.ShapeDtypeStruct((1, num_frames, 16, 3), np.float32)
   return abstract_variables(model, x, train=False)
@@ -99,3 +99,14 @@ def bpmgcn(obj: Any, *, fusion: str | None = None, num_affective: int = 31,
   info = dict(notes, fusion=fusion, num_frames=s["num_frames"], num_classes=s["num_classes"],
               num_affective=num_affective)
   return Converted("bpmgcn", keymap.unflatten(flat), subtrees, [], used, dropped, info)
+
+
+def add_commands(sub, io_args) -> None:
+  """The `bpmgcn` subcommand of `python -m jaxaffect.convert`."""
+  g = sub.add_parser("bpmgcn", help="state_dict of the released BPM-GCN code -> BPMGCN")
+  g.add_argument("--fusion", choices=("code", "paper", "none"), default=None,
+                 help="fusion forward for the converted model (default: code when the "
+                      "checkpoint has fusion weights, else none)")
+  io_args(g)
+  g.set_defaults(convert=lambda obj, args, overrides: bpmgcn(obj, fusion=args.fusion,
+                                                             source=args.input))

@@ -1,4 +1,4 @@
-"""Pure Linen models (no trainer, data or checkpointing imports)."""
+"""Shared Linen layers every method builds on (no trainer, data or checkpointing imports)."""
 from __future__ import annotations
 
 import math

@@ -1,8 +1,8 @@
 """Online input pipeline for skeleton gaits (emotion_gait records -> batches), plus sources.
 
-Same rules as pipeline.py (topology independence): global seeded shuffle + repeat + per-example
-random transform on the global stream, then batch to the per-process size and take every P-th
-batch; eval covers each example once, the last global batch padded ("_mask" False).
+Same rules as jaxaffect/data/pipeline.py (topology independence): global seeded shuffle +
+repeat + per-example random transform on the global stream, then batch to the per-process
+size and take every P-th batch; eval covers each example once, the last global batch padded ("_mask" False).
 
 Batch: "skeleton" float32 [B, T, 16, 3] (zeros on padded frames), "label" int32 [B],
 "mask" float32 [B, T] (1 on real frames); eval batches add "_mask" bool [B] and "key" (host).

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxaffect.models.layers import (BatchNorm, conv2d, kaiming_normal_fan_out,
+from jaxaffect.nn.layers import (BatchNorm, conv2d, kaiming_normal_fan_out,
                                      torch_default_kernel_init)
 
 Array = jax.Array

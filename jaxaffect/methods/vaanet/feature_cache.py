@@ -1,6 +1,7 @@
 """Frozen-backbone feature cache for VAANet-style models.
 
-    python -m jaxaffect.feature_cache --config configs/vaanet_ve8.py --out DIR [--views 4] \
+    python -m jaxaffect.methods.vaanet.feature_cache --config configs/vaanet_ve8.py --out DIR \
+        [--views 4] \
         [--config.init_from=CONVERTED_BACKBONE] [--config.key=value ...]
     python -m jaxaffect.main --config configs/vaanet_ve8.py --workdir W \
         --config.model.visual_input=features --config.dataset.feature_cache=DIR
@@ -26,9 +27,17 @@ import os
 import sys
 from typing import Any
 
+import grain
+import jax
 import numpy as np
+from tqdm import tqdm
 
 from jaxaffect import config_lib
+from jaxaffect import converted_checkpoint as convert_store
+from jaxaffect.data import sources, video_transforms
+from jaxaffect.errors import PathNotFound, UserError
+from jaxaffect.methods.vaanet.model import normalize_video
+from jaxaffect.nn.resnet3d import ResNet3D
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +50,9 @@ def _split_dir(root: str, split: str) -> str:
 
 def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) -> None:
   """Extracts backbone features for the train split (`views` views) and the eval split (1)."""
-  import grain
-  import jax
-  from tqdm import tqdm
-
-  from jaxaffect import methods
-  from jaxaffect.data import sources
-  from jaxaffect.data import video_transforms
-  from jaxaffect.models.resnet3d import ResNet3D
-  from jaxaffect.models.vaanet import normalize_video
-
-  method = methods.get_method(config)
-  if method.visual_input != "frames":
-    raise ValueError("build the cache with config.model.visual_input='frames'")
-  method.prepare_data()
+  if config.model.get("visual_input", "frames") != "frames":
+    raise UserError("build the cache with config.model.visual_input='frames'")
+  sources.prepare_video_emotion(config.dataset)
   m = config.model
   net = ResNet3D(int(m.visual_depth), int(m.visual_width),
                  conv1_t_size=int(m.get("conv1_t_size", 7)), conv_impl=m.conv_impl)
@@ -62,7 +60,6 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
   snippet = (1, int(ds.snippet_len), int(ds.crop_size), int(ds.crop_size), 3)
   variables = net.init(jax.random.key(int(config.seed)), np.zeros(snippet, np.float32),
                        use_running_average=True)
-  from jaxaffect.convert import store as convert_store
   paths = [p.strip() for p in str(config.get("init_from", "")).split(",") if p.strip()]
   # The converted checkpoint(s) covering the visual backbone (others, e.g. audio, are skipped).
   paths = [p for p in paths if "params/visual_backbone" in
@@ -159,9 +156,8 @@ class CachedFeatures:
     self.dir = _split_dir(root, split)
     meta = os.path.join(self.dir, "meta.json")
     if not os.path.exists(meta):
-      from jaxaffect.errors import PathNotFound
       raise PathNotFound(f"feature cache: {meta} does not exist (build the cache with "
-                         "python -m jaxaffect.feature_cache)")
+                         "python -m jaxaffect.methods.vaanet.feature_cache)")
     with open(meta) as f:
       self.meta = json.load(f)
     self._arrays: dict[str, Any] | None = None
@@ -199,7 +195,6 @@ class CachedFeatures:
 def train_iterator(cache: CachedFeatures, *, seed: int, global_batch_size: int,
                    process_index: int, process_count: int):
   """Same topology rule as the frames pipeline: global shuffle, then every P-th batch."""
-  import grain
 
   class _PickView(grain.transforms.RandomMap):
 

@@ -1,13 +1,13 @@
 """TSL-Net (ACM MM 2022): temporal sentiment localization from single-frame supervision.
 
-Model: jaxaffect.models.tsl.TSLNet on per-snippet I3D RGB [1024] + log-mel [32, 60] features.
-Loss (jaxaffect.methods.tsl_loss, as the released train.py):
+Model: jaxaffect.methods.tsl.model.TSLNet on per-snippet I3D RGB [1024] + log-mel [32, 60] features.
+Loss (jaxaffect.methods.tsl.loss, as the released train.py):
   L = l0 * L_vid + l1 * ((1 - l2) * L_frame + l2 * (L_bkg + L_pact)) + l3 * cpc_sign * cpc
 with lambdas [2, 1, 0.5, 1]; cpc_sign +1 is the code (which adds the CPC log-likelihood to a
 minimised loss), -1 the paper/MMIM form. Each term can be switched off (`loss.<term>=False`,
 the paper's ablation rows); `model.modalities` drops a stream.
 
-Batches (jaxaffect.data.tsl_pipeline): videos padded to a bucket length L, "rgb" [B, L, 1024],
+Batches (jaxaffect.methods.tsl.data): videos padded to a bucket length L, "rgb" [B, L, 1024],
 "audio" [B, L, 32, 60] (normalised (x + 50) / 80), "mask" [B, L], "length" [B],
 "point_label" [B, L] (-1 = none), "point_count" [B, 2], "index" [B]. The original trains with
 one video per forward and averages 16 of them per update: batch_size 1 with
@@ -15,11 +15,11 @@ optimizer.multi_steps 16 reproduces that; a larger batch averages per-video loss
 (BatchNorm statistics then pool the batch's real snippets).
 
 Evaluation: per test video the fused scores and the video score go through the original's
-post-processing (evaluation/tsl_postprocess.py) to ActivityNet results, scored by
+post-processing (methods/tsl/postprocess.py) to ActivityNet results, scored by
 evaluation/localization.py (mAP at tIoU 0.10:0.05:0.30 and their average, plus the original's
 mean-curve Recall/F2 under their own names). The prediction and ground-truth JSON files and the
 per-snippet scores are written to <workdir>/eval_outputs/ for the stand-alone evaluator and the
-visualisation (python -m jaxaffect.viz.localization).
+visualisation (python -m jaxaffect.methods.tsl.figures).
 """
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxaffect.methods import base
-from jaxaffect.methods import tsl_loss
-from jaxaffect.models import tsl as tsl_model
+from jaxaffect import method as base
+from jaxaffect.evaluation import localization
+from jaxaffect.methods.tsl import loss as tsl_loss
+from jaxaffect.methods.tsl import model as tsl_model
+from jaxaffect.methods.tsl import postprocess as tsl_postprocess
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,6 @@ class Method(base.Method):
     return {"cas_sigmoid_fuse": out["cas_sigmoid_fuse"], "video_score": out["video_score"]}
 
   def eval_metrics(self, outputs, labels):
-    from jaxaffect.evaluation import localization, tsl_postprocess
     src = self._source("test")
     pp = dict(self.config.get("postprocess", {}) or {})
     fused_all, vscore_all = outputs["cas_sigmoid_fuse"], outputs["video_score"]
@@ -169,7 +170,7 @@ class Method(base.Method):
   # ---- data ----------------------------------------------------------------------------------
   @staticmethod
   def _pipeline():
-    from jaxaffect.data import tsl_pipeline
+    from jaxaffect.methods.tsl import data as tsl_pipeline  # deferred: grain
     return tsl_pipeline
 
   def _source(self, split: str):

@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jaxaffect.models.layers import BatchNorm, Conv3D
+from jaxaffect.nn.layers import BatchNorm, Conv3D
 
 Array = jax.Array
 

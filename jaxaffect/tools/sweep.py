@@ -1,6 +1,6 @@
 """Sweeps and ablations: run variants of one config, each in its own workdir, then tabulate.
 
-  python -m jaxaffect.sweep --config configs/x.py[:arg] --root DIR \
+  python -m jaxaffect.tools.sweep --config configs/x.py[:arg] --root DIR \
       (--override 'model.use_audio=False loss.name=ce' ... | --grid 'a.b=1,2' --grid 'c=x,y'
        | --preset NAME | --from-file FILE) [--baseline] [--name-by auto|overrides|short|index]
       [--parallel N] [--dry-run] [--table-only] [-- extra jaxaffect.main args]
@@ -465,7 +465,7 @@ def _read_spec(workdir: str) -> dict | None:
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="python -m jaxaffect.sweep", description=__doc__,
+      prog="python -m jaxaffect.tools.sweep", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Presets: " + "; ".join(f"{k} ({', '.join(n for n, _ in v)})"
                                      for k, v in PRESETS.items()))

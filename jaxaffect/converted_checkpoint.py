@@ -19,26 +19,47 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-from jaxaffect import checksums
-from jaxaffect.convert import keymap
-from jaxaffect.convert.keymap import ConversionError
+from jaxaffect import checkpointing, checksums
+from jaxaffect.errors import ConversionError
 
 log = logging.getLogger(__name__)
 
 META_FILE = "jaxaffect_convert.json"
 
 
+def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  """{("params", "conv1", "kernel"): leaf} for a nested mapping (any Mapping type is a node)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for path, v in flat.items():
+    d = out
+    for p in path[:-1]:
+      d = d.setdefault(p, {})
+    d[path[-1]] = v
+  return out
+
+
 def save_converted(out_dir: str, converted) -> None:
   """Writes `converted.variables` with save_params and the sidecar JSON next to the arrays."""
-  from jaxaffect import checkpointing
   tree = {c: t for c, t in converted.variables.items() if t}
   tree = _map_tree(lambda a: np.ascontiguousarray(a), tree)
   checkpointing.save_params(out_dir, tree)
   meta = dict(converted.meta())
   # Verified on every init_from, as training checkpoints are (jaxaffect/checksums.py).
-  meta["checksums"] = checksums.of_named({"/".join(k): v for k, v in keymap.flatten(tree).items()})
+  meta["checksums"] = checksums.of_named({"/".join(k): v for k, v in flatten(tree).items()})
   with open(os.path.join(out_dir, META_FILE), "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True, default=str)
 
@@ -63,12 +84,11 @@ def is_converted(path: str) -> bool:
 
 
 def _saved_tree(path: str) -> dict[tuple[str, ...], Any]:
-  import orbax.checkpoint as ocp
   md = ocp.PyTreeCheckpointer().metadata(path)
   tree = getattr(getattr(md, "item_metadata", md), "tree", None)
   if tree is None:
     tree = md.item_metadata
-  return keymap.flatten(tree)
+  return flatten(tree)
 
 
 def restore_converted(path: str, params: Any, model_state: Mapping[str, Any], *,
@@ -84,7 +104,7 @@ def restore_converted(path: str, params: Any, model_state: Mapping[str, Any], *,
   path = os.path.abspath(os.path.expanduser(path))
   meta = read_meta(path) or {}
   saved = {k: v for k, v in _saved_tree(path).items() if k[1] not in ignore_subtrees}
-  fresh = keymap.flatten({"params": params, **dict(model_state)})
+  fresh = flatten({"params": params, **dict(model_state)})
   covered = [s for s in meta.get("subtrees") or sorted({"/".join(k[:2]) for k in saved})
              if s.split("/")[1] not in ignore_subtrees]
   keep_init = tuple(meta.get("keep_init", ()))
@@ -121,26 +141,24 @@ def restore_converted(path: str, params: Any, model_state: Mapping[str, Any], *,
                             "convert the original file again")
   merged = dict(fresh)
   merged.update(restored)
-  tree = keymap.unflatten(merged)
+  tree = unflatten(merged)
   log.info("init_from %s: %d variables restored (%s), %d kept their init", path,
            len(restored), ", ".join(covered), len(fresh) - len(restored))
   return tree.pop("params"), tree
 
 
 def _restore(path: str, targets: Mapping[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
-  import jax
-  import orbax.checkpoint as ocp
 
   def args_for(x):
     if isinstance(x, jax.Array):
       return ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype, global_shape=x.shape)
     return ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.asarray(x).dtype)
 
-  item = keymap.unflatten({k: (jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+  item = unflatten({k: (jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
                                if isinstance(v, jax.Array) else np.asarray(v))
                            for k, v in targets.items()})
-  restore_args = keymap.unflatten({k: args_for(v) for k, v in targets.items()})
+  restore_args = unflatten({k: args_for(v) for k, v in targets.items()})
   out = ocp.PyTreeCheckpointer().restore(
       path, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
                                         partial_restore=True))  # ignore_subtrees: a subset
-  return keymap.flatten(out)
+  return flatten(out)

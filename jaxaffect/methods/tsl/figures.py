@@ -1,6 +1,6 @@
 """Per-video PNGs of TSL-Net's snippet scores with ground-truth and predicted segments.
 
-  python -m jaxaffect.viz.localization --workdir DIR [--out DIR/eval_outputs/figures]
+  python -m jaxaffect.methods.tsl.figures --workdir DIR [--out DIR/eval_outputs/figures]
       [--video ID ...] [--max-videos N] [--top K]
 
 Reads what the last evaluation of a TSL-Net run wrote to DIR/eval_outputs/ (scores.npz with the
@@ -18,6 +18,7 @@ import sys
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from jaxaffect.errors import UserError
 from jaxaffect.evaluation.localization import load_json
@@ -98,7 +99,7 @@ def draw_video(vid: str, data: dict, path: str, *, top: int = 5) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jaxaffect.viz.localization",
+  p = argparse.ArgumentParser(prog="python -m jaxaffect.methods.tsl.figures",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", help="a TSL-Net run; reads WORKDIR/eval_outputs/*")
   p.add_argument("--scores")
@@ -127,7 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     vids = vids[:args.max_videos]
   out = args.out or (os.path.join(base, "figures") if base else ".")
   os.makedirs(out, exist_ok=True)
-  from tqdm import tqdm
   for vid in tqdm(vids, desc="figures", unit="video", disable=len(vids) < 5):
     draw_video(vid, data[vid], os.path.join(out, f"{vid}.png"), top=args.top)
   print(f"wrote {len(vids)} figure(s) to {out}")

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxaffect.models import gait_features
-from jaxaffect.models.layers import (BatchNorm, Initializer, dense, kaiming_normal_fan_out,
+from jaxaffect.methods.bpmgcn import gait_features
+from jaxaffect.nn.layers import (BatchNorm, Initializer, dense, kaiming_normal_fan_out,
                                      torch_default_bias_init, torch_default_kernel_init)
 
 Array = jax.Array
