@@ -18,6 +18,10 @@ import optax
 from jaxaffect import optim
 from jaxaffect import sharding as shd
 
+# Key of the scalar a method's loss metrics may carry: the number of units its mean loss is
+# over (see the accumulation in train_step and docs/architecture.md).
+LOSS_WEIGHT = "loss_weight"
+
 
 @dataclasses.dataclass
 class Setup:
@@ -127,26 +131,43 @@ def build(config, method, mesh) -> Setup:
       (loss, (metrics, model_state)), grads = grads_of(params, state["model_state"], batch, rng)
     else:
       micro = _split_microbatches(batch, grad_accum)
-
-      def body(carry, xs):
-        g_acc, ms, l_acc, m_acc = carry
-        j, mb = xs
-        (l, (m, ms)), g = grads_of(params, ms, mb, jax.random.fold_in(rng, j))
-        g_acc = jax.tree.map(jnp.add, g_acc, g)
-        m_acc = jax.tree.map(jnp.add, m_acc, m)
-        return (g_acc, ms, l_acc + l, m_acc), None
-
-      zeros_g = jax.tree.map(jnp.zeros_like, params)
       m_shape = jax.eval_shape(lambda: grads_of(params, state["model_state"],
                                                 jax.tree.map(lambda x: x[0], micro), rng)[0][1][0])
+      # A method whose loss is a mean over a variable number of units (valid snippets, target
+      # tokens) reports that number as metrics["loss_weight"]: micro-batches then count by
+      # their weight, so the result is the mean over all units of the global batch. Without
+      # it every micro-batch counts the same (the mean of their means).
+      weighted = LOSS_WEIGHT in m_shape
+
+      def body(carry, xs):
+        g_acc, ms, l_acc, w_acc, m_acc = carry
+        j, mb = xs
+        (l, (m, ms)), g = grads_of(params, ms, mb, jax.random.fold_in(rng, j))
+        w = m[LOSS_WEIGHT].astype(jnp.float32) if weighted else jnp.ones((), jnp.float32)
+        if weighted:
+          g = jax.tree.map(lambda x: x * w.astype(x.dtype), g)
+          l = l * w
+        g_acc = jax.tree.map(jnp.add, g_acc, g)
+        m_acc = jax.tree.map(jnp.add, m_acc, m)
+        return (g_acc, ms, l_acc + l, w_acc + w, m_acc), None
+
+      zeros_g = jax.tree.map(jnp.zeros_like, params)
       zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-      (grads, model_state, loss, metrics), _ = jax.lax.scan(
-          body, (zeros_g, state["model_state"], jnp.zeros((), jnp.float32), zeros_m),
+      zero = jnp.zeros((), jnp.float32)
+      (grads, model_state, loss, total_w, metrics), _ = jax.lax.scan(
+          body, (zeros_g, state["model_state"], zero, zero, zeros_m),
           (jnp.arange(grad_accum), micro))
-      inv = 1.0 / grad_accum
-      grads = jax.tree.map(lambda g: g * inv, grads)
-      loss = loss * inv
-      metrics = jax.tree.map(lambda m: m * inv, metrics)
+      if weighted:
+        inv_w = 1.0 / jnp.maximum(total_w, 1e-12)
+        grads = jax.tree.map(lambda g: g * inv_w.astype(g.dtype), grads)
+        loss = loss * inv_w
+      else:
+        inv = 1.0 / grad_accum
+        grads = jax.tree.map(lambda g: g * inv, grads)
+        loss = loss * inv
+      metrics = jax.tree.map(lambda m: m * (1.0 / grad_accum), metrics)
+      if weighted:
+        metrics[LOSS_WEIGHT] = total_w  # the global batch's total weight
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g),

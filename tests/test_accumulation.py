@@ -1,0 +1,95 @@
+"""Gradient accumulation inside the step (grad_accum_steps): with a method that reports
+metrics["loss_weight"], micro-batches count by their weight, so the update equals the one of
+the whole batch's weighted mean; without it, each micro-batch counts the same."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxaffect import config_lib
+from jaxaffect import method as method_lib
+from jaxaffect import sharding as shd
+from jaxaffect import steps
+
+
+class _Linear(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros)(x)[..., 0]
+
+
+class MaskedRegression(method_lib.Method):
+  """Mean squared error over the valid positions of each example (a variable-length loss)."""
+  weighted = True
+
+  def build_model(self):
+    return _Linear()
+
+  def example_batch(self, b):
+    return {"x": np.zeros((b, 6, 3), np.float32), "y": np.zeros((b, 6), np.float32),
+            "mask": np.zeros((b, 6), np.float32)}
+
+  def model_inputs(self, batch):
+    return {"x": batch["x"]}
+
+  def init_variables(self, rng, batch):
+    return self.model.init(rng, batch["x"])
+
+  def loss(self, params, model_state, batch, rng):
+    err = (self.model.apply({"params": params}, batch["x"]) - batch["y"]) ** 2
+    units = jnp.sum(batch["mask"])
+    metrics = {steps.LOSS_WEIGHT: units} if self.weighted else {}
+    return jnp.sum(err * batch["mask"]) / units, (metrics, model_state)
+
+  def predict(self, params, model_state, batch):
+    return {}
+
+  def eval_metrics(self, outputs, labels):
+    return {}
+
+  def train_iterator(self, **kw):
+    raise NotImplementedError
+
+  def eval_batches(self, **kw):
+    raise NotImplementedError
+
+
+def _step(accum, weighted, batch):
+  c = config_lib.base_config()
+  c.batch_size, c.grad_accum_steps = 8, accum
+  c.optimizer.name, c.optimizer.learning_rate, c.optimizer.momentum = "sgd", 1.0, 0.0
+  m = MaskedRegression(c)
+  m.weighted = weighted
+  s = steps.build(c, m, shd.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    state, metrics = s.train_step(state, steps.make_global_batch(batch, s.batch_sharding),
+                                  jax.random.key(0))
+  return np.asarray(state["params"]["Dense_0"]["kernel"]), float(metrics["loss"])
+
+
+@pytest.fixture(scope="module")
+def batch():
+  rng = np.random.default_rng(0)
+  lengths = np.array([6, 6, 6, 6, 1, 2, 1, 1])  # micro-batch 2 (rows 1, 3, 5, 7) is short
+  return {"x": rng.normal(size=(8, 6, 3)).astype(np.float32),
+          "y": rng.normal(size=(8, 6)).astype(np.float32),
+          "mask": (np.arange(6)[None] < lengths[:, None]).astype(np.float32)}
+
+
+def test_weighted_accumulation_equals_the_whole_batch(batch):
+  full_k, full_loss = _step(1, True, batch)
+  acc_k, acc_loss = _step(2, True, batch)
+  np.testing.assert_allclose(acc_k, full_k, rtol=1e-5, atol=1e-7)
+  assert acc_loss == pytest.approx(full_loss, rel=1e-5)
+
+
+def test_unweighted_accumulation_is_the_mean_of_micro_batch_means(batch):
+  full_k, _ = _step(1, False, batch)
+  acc_k, acc_loss = _step(2, False, batch)
+  assert np.abs(acc_k - full_k).max() > 1e-3  # the short micro-batch counts as much as the long
+  halves = [jax.tree.map(lambda x: x[j::2], batch) for j in (0, 1)]
+  means = [float(np.sum(((0.0 - h["y"]) ** 2) * h["mask"]) / np.sum(h["mask"])) for h in halves]
+  assert acc_loss == pytest.approx(np.mean(means), rel=1e-5)
