@@ -124,10 +124,13 @@ def test_two_processes_equal_one_and_restore(tmp_path, data_dir):
   assert sorted(f for f in os.listdir(two / "checkpoints" / "5" / "data_iter")
                 if f.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
-  # Restore across the two processes and train on.
+  # Restore across the two processes and train on (a deliberate change: recorded).
   r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir,
-                      "--config.total_steps=7", "--config.checkpoint.every_steps=5")[3:]],
+                      "--config.total_steps=7", "--config.checkpoint.every_steps=5",
+                      "--config.resume_changes=allow")[3:]],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   steps_logged = [s for s, _ in _train_losses(two)]
   assert steps_logged == [1, 2, 3, 4, 5, 6, 7]
+  history = json.load(open(two / "config.json"))["_resume_history"]
+  assert [h["changes"] for h in history] == [{"total_steps": [5, 7]}]
