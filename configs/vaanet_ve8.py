@@ -6,7 +6,7 @@
                   (3D ResNet-10 of width 16, trained: no pretrained weights exist for it)
   ...:smoke       a tiny variant that trains in seconds (tests)
 
-Faithfulness (see ../shared research brief, section 3): 12 segments as the code (the paper says
+Faithfulness (paper vs released code): 12 segments as the code (the paper says
 10); temporal attention ReLU with bias 1; PCCE lambda 0.5; Adam 2e-4, batch 32, 100 epochs;
 frozen 3D ResNet-101 whose BatchNorm uses batch statistics in training (the released code's
 behaviour, which also hides its x/255-0.392 input normalisation). Pretrained Kinetics weights

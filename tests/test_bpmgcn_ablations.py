@@ -22,7 +22,7 @@ CONFIG = os.path.join(ROOT, "configs", "bpmgcn_emogait.py")
 HEAD = 256 * 31 * 48 + 31 * 48  # fc2_aff at T = 48: 382,416
 
 # Exact parameter counts of every preset row (T = 48). The fusion rows are the released
-# model's (brief §4.6); a stream alone is its data_bn + 10 blocks + classifier (+ fc2_aff).
+# model's; a stream alone is its data_bn + 10 blocks + classifier (+ fc2_aff).
 EXPECTED = {
     "baseline": 7_287_192,
     "fusion_paper": 7_287_192,

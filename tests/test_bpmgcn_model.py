@@ -17,7 +17,7 @@ from jaxaffect.methods.bpmgcn.model import BPMGCN, egait_adjacency
 T_SMALL = 8
 
 
-# ---- parameter counts (brief §4.6) -------------------------------------------------------------
+# ---- parameter counts (the released model) ------------------------------------------------
 
 @pytest.mark.parametrize("fusion,expected", [("code", 7_287_192), ("paper", 7_287_192),
                                              ("none", 7_272_024)])

@@ -181,7 +181,7 @@ def test_hara_key_mapping_real_sizes(depth):
   assert got == want
   if depth == 101:
     n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(conv.variables["params"]))
-    assert n == 85_245_120  # the body's parameter count (brief §2.7)
+    assert n == 85_245_120  # the body's parameter count
 
 
 def _hara10_state_dict():

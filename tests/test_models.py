@@ -97,7 +97,7 @@ def test_resnet3d_layer4_shapes_and_param_count():
     out = jax.eval_shape(lambda v, x: m.apply(v, x, use_running_average=True), v, clip)
     assert out.shape == (1, 1, 4, 4, ch)
     if depth == 101:
-      assert count_params(v) == 85_245_120  # Hara's R3D-101 body (brief §2.7)
+      assert count_params(v) == 85_245_120  # Hara's R3D-101 body
   names = set(v["params"])
   assert {"conv1", "bn1", "layer1_0", "layer2_1", "layer4_1"} <= names
   assert "downsample_0" in v["params"]["layer2_0"] and "downsample_0" not in v["params"]["layer1_0"]
@@ -161,7 +161,7 @@ def test_vaanet_forward_shapes_and_attention_normalisation(tiny):
   # "batch_stats" policy: training updates the frozen backbone's running stats too.
   old = v["batch_stats"]["visual_backbone"]["bn1"]["mean"]
   assert not np.allclose(upd["batch_stats"]["visual_backbone"]["bn1"]["mean"], old)
-  # Temporal FC bias starts at 1.0 (brief §3.5); the audio one keeps PyTorch's default.
+  # Temporal FC bias starts at 1.0 (the released code); the audio one keeps PyTorch's default.
   np.testing.assert_array_equal(v["params"]["ta_net"]["fc"]["bias"], np.ones(S))
   assert np.abs(v["params"]["aa_net"]["fc"]["bias"]).max() <= 1 / np.sqrt(A)
 

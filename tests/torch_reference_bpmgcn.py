@@ -1,10 +1,10 @@
 """PyTorch re-implementation of BPM-GCN (exped1230/BPM-GCN) in the released state_dict layout,
 for converter parity tests only (the library never imports torch).
 
-Written from the architecture description (jaxaffect's research brief §4); module attribute names
-reproduce the original keys: data_bn_{p,m}, l{1..10}_{p,m}.gcn1.{PA, conv_a.k, conv_b.k,
-conv_d.k, down.0, down.1, bn}, .tcn1.{conv, bn}, .residual.{conv, bn}, fusion{1,2,3}.att_{T,N}_
-{p,m}.fc{1,2}, fc1_classifier_{p,m}, fc2_aff. Inputs are the original N x C x T x V x M tensors.
+Written from the architecture description (the paper, the released code's layout); module
+attribute names reproduce the original keys: data_bn_{p,m}, l{1..10}_{p,m}.gcn1.{PA,
+conv_a.k, conv_b.k, conv_d.k, down.0, down.1, bn}, .tcn1.{conv, bn}, .residual.{conv, bn},
+fusion{1,2,3}.att_{T,N}_{p,m}.fc{1,2}, fc1_classifier_{p,m}, fc2_aff. Inputs are the original N x C x T x V x M tensors.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A PyTorch TSL-Net written from the brief (vaanet_cten_tsl.md 5.5) with the released code's
+"""A PyTorch TSL-Net written from the paper and the released code's layout, with the released code's
 module names and state_dict keys, used only by the converter parity test (torch is a test-only
 extra). Widths are arguments so the test can run a narrow copy quickly."""
 import math

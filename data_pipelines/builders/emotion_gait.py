@@ -1,8 +1,8 @@
 """TFDS builder `emotion_gait`: Emotion-Gait h5 files -> ArrayRecord examples (no TensorFlow).
 
-The Emotion-Gait release (go.umd.edu/emotion-gait; brief gait_bpmgcn.md section 6) is a folder of
-h5 files, one dataset per gait keyed by its name, each a float array T x 48 (16 joints x xyz,
-joint-major, joint order of brief section 3), and label files holding one scalar per same key:
+The Emotion-Gait release (go.umd.edu/emotion-gait) is a folder of h5 files, one dataset per
+gait keyed by its name, each a float array T x 48 (16 joints x xyz, joint-major, joint order of
+bpmgcn/gait_features.py), and label files holding one scalar per same key:
 
   features.h5 / labels.h5                 "captured": 342 gaits, T 27..75
   features_ELMD.h5 / labels_ELMD.h5       "elmd": 1,835 Edinburgh gaits, T 240
@@ -11,7 +11,7 @@ joint-major, joint order of brief section 3), and label files holding one scalar
                                           ("00003_Happy"); off by default (BPM-GCN's headline
                                           numbers use real gaits only)
 
-Preprocessing (BPM-GCN, brief 6.2): ELMD keeps every 5th frame (240 -> 48); then every gait
+Preprocessing (as BPM-GCN's): ELMD keeps every 5th frame (240 -> 48); then every gait
 keeps its first `num_frames` (48) frames and is zero-padded to 48. Trailing all-zero frames in
 the raw arrays are not counted as real frames. Coordinates are stored as is (no centring; the
 input pipeline centres online when `dataset.center` asks for it, jaxaffect/methods/bpmgcn/data.py).
@@ -23,7 +23,7 @@ that share of train into a "validation" split (8:1:1). A gait that turns out unr
 split slot and is skipped, so the split of every other gait never depends on file damage. A raw
 folder without any feature file of the configured parts is an error naming the folder.
 
-Label index ambiguity (brief 6.3): the label files hold indices 0..3 whose names differ between
+Label index ambiguity: the label files hold indices 0..3 whose names differ between
 STEP (Angry, Neutral, Happy, Sad) and BPM-GCN (Happy, Sad, Angry, Neutral; STEP issue #22's
 check against the annotator votes agrees). The integer index is the ground truth; the names are
 the config's `label_mapping` ("bpmgcn" default, "step") and only matter for reports and for the

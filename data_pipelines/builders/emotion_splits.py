@@ -1,6 +1,6 @@
 """Which raw video goes to which split: list files, the VE-8 workbook, the Ekman-6 rule.
 
-The layouts people download (research brief §2.1):
+The layouts people download:
   VE-8     <root>/<Class>/<name>.<ext> (1,101 videos; one basename sits in two classes) and the
            ten official splits, either as list files (trainlist%02d.txt: "Class/name <1-based
            idx>"; testlist%02d.txt: "Class/name", idx optional) or as the dataset's

@@ -1,6 +1,6 @@
 """TFDS builder `tsl300`: the TSL-300 feature release -> ArrayRecord examples (no TensorFlow).
 
-TSL-300 (TSL-Net, ACM MM 2022; brief vaanet_cten_tsl.md 5.2-5.4) ships pre-extracted features
+TSL-300 (TSL-Net, ACM MM 2022) ships pre-extracted features
 and annotations in one folder, `dataset/VideoSenti/` (manual_dir may name it, or a folder that
 holds `VideoSenti/` or `dataset/VideoSenti/`):
 

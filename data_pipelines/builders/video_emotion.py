@@ -57,7 +57,7 @@ class ExtractionConfigError(ValueError):
 class VideoEmotionConfig(tfds.core.BuilderConfig):
   """Extraction settings; `name` defaults to a string derived from all of them.
 
-  Defaults follow VAANet (brief section 2-3): native fps, short side resized (VAANet crops a
+  Defaults follow VAANet's released code: native fps, short side resized (VAANet crops a
   square of the short side and resizes it to 112, so storing at 112 loses nothing), MFCC with
   32 coefficients at 44.1 kHz, n_fft 2048, hop 512 (librosa defaults otherwise), zero audio
   for videos without an audio stream (what the CTEN author did).

@@ -15,7 +15,7 @@ delay and duration. A vision-only model can reach about 50% (group known, cue gu
 audio-only model about 25%, a constant one 12.5%.
 
 `render_clip` is the building block later generators (untrimmed clips with emotional segments,
-subtitled clips) can reuse; `generate_ve8_style` writes a VE-8-style dataset (contracts.md).
+subtitled clips) can reuse; `generate_ve8_style` writes a VE-8-style dataset.
 """
 from __future__ import annotations
 

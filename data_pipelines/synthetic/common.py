@@ -93,7 +93,7 @@ def write_ve8_annotations(
     test: Sequence[tuple[str, int]],
     split: int = 1,
 ) -> None:
-  """classInd.txt and splits/{train,test}list%02d.txt in the VE-8 format (see contracts.md).
+  """classInd.txt and splits/{train,test}list%02d.txt in the VE-8 release format.
 
   `train`/`test` hold ("Class/name", 0-based label); train lines carry the 1-based index.
   """

@@ -1,10 +1,10 @@
 """Synthetic Emotion-Gait: walking skeletons whose emotion shows in posture and movement.
 
-Writes the release layout that the `emotion_gait` builder reads (brief gait_bpmgcn.md 6.1):
+Writes the release layout that the `emotion_gait` builder reads:
 features.h5 / labels.h5 ("captured"-style gaits, T in [min_frames, max_frames] at `fps`) and
 features_ELMD.h5 / labels_ELMD.h5 (Edinburgh-style gaits, 5 x `fps` and 5 x 48 = 240 frames, so
 the builder's every-5th-frame rule gives 48 frames at `fps`). One h5 dataset per gait: float32
-T x 48 (16 joints x xyz, joint order of brief section 3, y up); labels are int64 scalars under the
+T x 48 (16 joints x xyz, Emotion-Gait joint order, y up); labels are int64 scalars under the
 same key, indexed in GAIT_CLASSES order (= the builder's default "bpmgcn" label mapping).
 
 A procedural walker (pelvis, trunk, head, two 2-segment arms and legs) is driven by a gait phase.
@@ -64,7 +64,7 @@ def _sagittal(angle: np.ndarray, lateral: np.ndarray | float = 0.0) -> np.ndarra
 def render_gait(label: int, n_frames: int, fps: float, rng: np.random.Generator, *,
                 jitter_scale: float = 1.0, yaw_range_deg: float = 180.0,
                 noise: float = 0.01) -> np.ndarray:
-  """float32 [n_frames, 16, 3]: one walk of class `label`, y up, joint order of the brief."""
+  """float32 [n_frames, 16, 3]: one walk of class `label`, y up, Emotion-Gait joint order."""
   f = STYLES[label] + jitter_scale * STYLE_STD * rng.standard_normal(len(FACTORS))
   cadence, leg, lean, head, arm, elbow, abd, bounce = f
   cadence, leg, arm = max(cadence, 0.4), max(leg, 0.1), max(arm, 0.02)

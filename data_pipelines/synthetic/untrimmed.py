@@ -1,6 +1,6 @@
 """Synthetic TSL-300: untrimmed videos with positive/negative sentiment segments, as features.
 
-Writes the release layout of TSL-Net's TSL-300 (brief vaanet_cten_tsl.md 5.2-5.4) directly under
+Writes the release layout of TSL-Net's TSL-300 directly under
 `out_dir` (the `dataset/VideoSenti/` root), which the `tsl300` builder reads:
 
   split_train.txt, split_test.txt      one video id per line ("{i}_Synthetic_{11-char id}")

@@ -1,9 +1,9 @@
 """Online input pipeline: grain datasets for training and evaluation, and global batches.
 
 Works on any random-access source (`len` + `__getitem__` returning the record dict of
-contracts.md), e.g. `tfds.data_source(...)[split]` or a list of dicts in tests.
+the video_emotion builder), e.g. `tfds.data_source(...)[split]` or a list of dicts in tests.
 
-Topology independence (DESIGN.md): shuffle, repeat and the per-example random transforms
+Topology independence (docs/architecture.md): shuffle, repeat and the per-example random transforms
 run on the *global* example stream; only then is it batched to the per-process size and
 every P-th batch taken. Process p holds global positions [s*B + p*B/P, s*B + (p+1)*B/P) at
 step s, so the global batch at every step depends only on (seed, B), never on the number of

@@ -3,7 +3,7 @@
 Pure numpy and picklable (top-level classes only), so grain can run them in worker
 processes. All randomness comes from the `np.random.Generator` that grain's `random_map`
 hands in (seeded by pipeline seed and element index), so an example is a deterministic
-function of (seed, index). Semantics follow the VAANet code (research brief §2.3, §2.4, §3.3).
+function of (seed, index). Semantics follow the released VAANet code's transforms.
 """
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ def tile_audio(mfcc: np.ndarray, num_segments: int, frames_per_segment: int) -> 
 
 
 class VideoAudioTransform(grain.transforms.RandomMap):
-  """Record dict (contracts.md) -> model example dict (one item of the online batch).
+  """Record dict (the builder's features) -> model example dict (one item of the online batch).
 
   Output: video uint8 [S, T, crop, crop, 3], audio float32 [A, F, M], label int32 [],
   polarity int32 [] (when a table is set), and key (when `keep_key`, host-side only).

@@ -1,5 +1,5 @@
 """TSL-Net converter: the released `model_seed_123.pkl` (a bare torch.save(state_dict) of
-`Model`, brief vaanet_cten_tsl.md 5.13) -> jaxaffect's TSLNet variables.
+`Model`) -> jaxaffect's TSLNet variables.
 
 Widths are read from the keys (a_extractor.{0,4,10}, v_align.0, neck.0), as are the streams
 present and whether the reverse-mapping (CPC) heads were saved. The step-encoding table is not

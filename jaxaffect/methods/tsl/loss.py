@@ -1,4 +1,4 @@
-"""TSL-Net losses exactly as the released `train.py` codes them (brief vaanet_cten_tsl.md 5.6).
+"""TSL-Net losses exactly as the released `train.py` codes them.
 
 All functions take one batch of padded videos: P = cas_sigmoid_fuse [B, L, 3] (n, p, background),
 `valid` [B, L] (real snippets), point rows y [B, L, 3] (0.9 / 0.1 label smoothing, background 0).

@@ -1,6 +1,6 @@
 """TSL-Net (ACM MM 2022): temporal sentiment localization on pre-extracted snippet features.
 
-Follows the released `model_tsl.py` (brief vaanet_cten_tsl.md 5.5). Per 16-frame snippet t:
+Follows the released `model_tsl.py`. Per 16-frame snippet t:
   audio   log-mel [32, 60] + a fixed sinusoidal step encoding (table of 4000 steps); rows of the
           previous, current and next snippet stacked to [96, 60] (the neighbours wrap around
           inside chunks of 600 snippets, as the original's `roll` per chunk does); a 3-stage CNN

@@ -24,7 +24,7 @@ Steps (original defaults):
         mean(w[i0..i1]) − mean(w[outer]) + gamma · video_score[c],    gamma = 0.3,
      outer = [max(0, int(i0 − λL)), i0) ∪ (i1, min(N − 1, int(i1 + λL))], λ = 0.03, N = T·scale,
      int() truncating toward zero; the outer mean is 0 when outer is empty. (The original's
-     `_lambda=0.03, gamma=0.3` defaults are the brief's 0.03·length margin and +0.3·s_c.)
+     `_lambda=0.03, gamma=0.3` defaults are the 0.03·length margin and +0.3·s_c.)
      Since int() truncates, away from the edges the left margin has ⌈λL⌉ indices and the right
      one ⌊λL⌋: a run shorter than 34 up-sampled indices gets 1 index on the left, none on the right.
      Times: [i0·f, (i1 + 1)·f] seconds with f = 16·T / (scale·T·fps) = 16 / (scale·fps).
