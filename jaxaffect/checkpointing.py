@@ -2,7 +2,7 @@
 
 One step directory holds `state/` (sharded arrays), `data_iter/` (one JSON per process), `meta/`
 (the config, for humans and for `init_from`) and `integrity/`: the checksums of every array
-(`jaxaffect.checksums`, computed on the devices) and of every process's iterator state. Saves are
+(`jaxaffect.checksums`, summed shard by shard) and of every process's iterator state. Saves are
 asynchronous and atomic: orbax commits a step only after every item, checksums included, is
 written, so a step without its checksum record is unfinished. Restore verifies the checksums and
 falls back to the newest intact step; unusable steps are moved (never deleted) to

@@ -1,66 +1,101 @@
-"""Sharding-independent checksums of arrays, computed on the devices.
+"""Sharding-independent checksums of arrays, computed where the arrays live.
 
-Each array is read as 32-bit words (its bits, not its values) and reduced to two uint32 sums: the
-plain sum and a position-weighted one (odd weights, so any single flipped bit changes both; the
-weights catch swapped elements). Integer sums wrap exactly in any order, so the result is the
-same for any mesh, any number of processes and any reduction tree: a checkpoint written on one
-mesh is verified after restoring onto another. Only two scalars per array leave the devices.
+Each array is read as 32-bit words (its bits, not its values; 8-bit and 16-bit types widen to
+one word, 64-bit types split into two) and reduced to two uint32 sums: the plain sum and a
+position-weighted one (odd weights, so any single flipped bit changes both; the weights catch
+swapped elements). Integer sums wrap exactly in any order, so each process sums the shards it
+holds (one replica of each), the processes add their partial sums, and the result is the same
+for any mesh and any number of processes: a checkpoint written on one mesh verifies after
+restoring onto another. Nothing is compiled (a jitted version cost ~17 s of CPU compile for
+BPM-GCN's 1,254 state leaves), and only two integers per array cross between processes.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-_K = np.uint32(0x9E3779B1)  # golden-ratio multiplier: spreads neighbouring positions
+_K = 0x9E3779B1          # golden-ratio multiplier: spreads neighbouring positions
+_MASK = (1 << 32) - 1
+_CHUNK = 1 << 22         # words per block: bounds the uint64 temporaries
 
 
-def _words(x: jax.Array) -> jax.Array:
-  """The array's bits as uint32 words, same shape (plus a trailing 2 for 64-bit dtypes)."""
-  if x.dtype == jnp.bool_:
-    return x.astype(jnp.uint32)
-  size = jnp.dtype(x.dtype).itemsize
+def _words(a: np.ndarray) -> np.ndarray:
+  """The array's bits as uint32 words: same shape, plus a trailing 2 for 64-bit dtypes."""
+  a = np.ascontiguousarray(a)
+  if a.dtype == np.bool_:
+    return a.astype(np.uint32)
+  size = a.dtype.itemsize
   if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return a.view(np.uint32)
   if size in (1, 2):
-    unsigned = jnp.uint8 if size == 1 else jnp.uint16
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    return a.view(np.uint8 if size == 1 else np.uint16).astype(np.uint32)
   if size == 8:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
-  raise TypeError(f"no checksum for dtype {x.dtype}")
+    return a.view(np.uint32).reshape(a.shape + (2,))
+  raise TypeError(f"no checksum for dtype {a.dtype}")
 
 
-def _sums(x: jax.Array) -> jax.Array:
-  w = _words(x)
-  # Flat position without reshaping (a reshape of a sharded array could move data).
-  pos = jnp.zeros(w.shape, jnp.uint32)
-  stride = np.uint32(1)
-  for d in reversed(range(w.ndim)):
-    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) * stride
-    stride = np.uint32((int(stride) * w.shape[d]) % 2**32)
-  weight = pos * _K * np.uint32(2) + np.uint32(1)
-  return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * weight, dtype=jnp.uint32)])
+def _partial(block: np.ndarray, start: tuple[int, ...], global_shape: tuple[int, ...]
+             ) -> tuple[int, int]:
+  """(plain, weighted) sums mod 2^64 of one block whose first element sits at `start` of an
+  array of `global_shape` (both in elements)."""
+  w = _words(block)
+  wide = w.ndim > len(global_shape)
+  shape = tuple(global_shape) + ((2,) if wide else ())
+  origin = tuple(start) + ((0,) if wide else ())
+  strides = [1] * len(shape)
+  for d in range(len(shape) - 2, -1, -1):
+    strides[d] = strides[d + 1] * shape[d + 1]
+  plain = weighted = 0
+  rows = max(1, _CHUNK // max(1, w[0].size if w.ndim else 1)) if w.ndim else 1
+  for r0 in range(0, w.shape[0] if w.ndim else 1, rows):
+    chunk = w[r0:r0 + rows] if w.ndim else w.reshape(())
+    pos = np.zeros(chunk.shape, np.uint64)
+    for d in range(chunk.ndim):
+      first = origin[d] + (r0 if d == 0 else 0)
+      idx = (np.arange(chunk.shape[d], dtype=np.uint64) + np.uint64(first)) * np.uint64(
+          strides[d])
+      pos += idx.reshape((-1,) + (1,) * (chunk.ndim - d - 1))
+    weight = (pos * np.uint64(_K) * np.uint64(2) + np.uint64(1)) & np.uint64(_MASK)
+    c = chunk.astype(np.uint64)
+    plain += int(np.sum(c, dtype=np.uint64))
+    weighted += int(np.sum(c * weight, dtype=np.uint64))
+  return plain & _MASK, weighted & _MASK
 
 
-@functools.cache
-def _jitted():
-  return jax.jit(lambda tree: jax.tree.map(_sums, tree))
+def _local_sums(x: Any) -> tuple[int, int]:
+  """This process's share: one replica of each shard it holds (all of a host array)."""
+  if not isinstance(x, jax.Array):
+    a = np.asarray(x)
+    return _partial(a, (0,) * a.ndim, a.shape)
+  plain = weighted = 0
+  for shard in x.addressable_shards:
+    if shard.replica_id != 0:
+      continue
+    start = tuple(s.start or 0 for s in shard.index) if x.ndim else ()
+    p, w = _partial(np.asarray(shard.data), start, x.shape)
+    plain, weighted = plain + p, weighted + w
+  return plain & _MASK, weighted & _MASK
 
 
 def of_arrays(tree: Any) -> dict[str, dict]:
-  """{"['params']['w']": {"shape": [...], "dtype": "float32", "sum": [s, ws]}} per leaf."""
-  sums = jax.device_get(_jitted()(tree))
-  out = {}
-  for (path, x), (_, s) in zip(jax.tree_util.tree_leaves_with_path(tree),
-                               jax.tree_util.tree_leaves_with_path(sums)):
-    out[jax.tree_util.keystr(path)] = {"shape": list(x.shape), "dtype": str(x.dtype),
-                                       "sum": [int(v) for v in np.asarray(s)]}
-  return out
+  """{"['params']['w']": {"shape": [...], "dtype": "float32", "sum": [s, ws]}} per leaf.
+  Collective when the tree holds jax.Arrays and several processes run: all must call it."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  sums = np.array([_local_sums(x) for _, x in leaves], np.uint64).reshape(-1, 2)
+  distributed = jax.process_count() > 1 and any(isinstance(x, jax.Array) for _, x in leaves)
+  if distributed:
+    every = np.asarray(multihost_utils.process_allgather(sums))  # [P, n, 2]
+    host = np.array([not isinstance(x, jax.Array) for _, x in leaves])
+    sums = np.where(host[:, None], sums, np.sum(every, axis=0, dtype=np.uint64))
+  sums = sums & np.uint64(_MASK)
+  return {jax.tree_util.keystr(path): {"shape": list(np.shape(x)), "dtype": str(x.dtype),
+                                       "sum": [int(v) for v in s]}
+          for (path, x), s in zip(leaves, sums)}
 
 
 def of_named(arrays: dict[str, Any]) -> dict[str, list[int]]:

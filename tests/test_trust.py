@@ -76,6 +76,12 @@ def test_checksums_are_mesh_independent_and_see_one_bit():
   sharded = dict(tree, f32=jax.device_put(
       x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))))
   assert checksums.of_arrays(sharded) == one
+  replicated = jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  assert checksums.of_arrays(replicated) == one  # one replica of each shard counts
+  wide = {"f64": np.arange(5, dtype=np.float64), "u8": np.arange(9, dtype=np.uint8)}
+  got = checksums.of_arrays(wide)
+  words = np.arange(5, dtype=np.float64).view(np.uint32)
+  assert got["['f64']"]["sum"][0] == int(words.sum()) % 2**32
   flipped = x.copy()
   flipped.view(np.uint32)[5, 7] ^= 1 << 13
   got = checksums.of_arrays(dict(tree, f32=flipped))

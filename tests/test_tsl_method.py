@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxaffect import config_lib, methods, steps, trainer
+from jaxaffect import config_lib, steps, trainer
+from jaxaffect import method as methods
 from jaxaffect import sharding as shd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
