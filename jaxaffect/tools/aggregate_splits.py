@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxaffect.tools import json_files
+
 STD_KIND = "sample (n-1)"
 _METRIC_ORDER = ("eval/top1", "eval/mean_class_accuracy", "eval/polarity_accuracy")
 # Config keys that may differ between the runs of one aggregate.
@@ -81,25 +83,8 @@ def _is_scalar(x: Any) -> bool:
 
 
 def read_json_object(path: str) -> dict[str, Any]:
-  """A JSON object from `path`; AggregateError naming the file when it cannot be read, is not
-  UTF-8, is cut short or is not an object."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise AggregateError(f"{path}: unreadable: {e.strerror or e}") from None
-  try:
-    obj = json.loads(data.decode("utf-8-sig"))
-  except UnicodeDecodeError as e:
-    raise AggregateError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                         f"{e.start})") from None
-  except json.JSONDecodeError as e:
-    raise AggregateError(f"{path}: not valid JSON (truncated or damaged?): {e}") from None
-  except (ValueError, RecursionError) as e:
-    raise AggregateError(f"{path}: cannot be parsed: {type(e).__name__}: {e}") from None
-  if not isinstance(obj, dict):
-    raise AggregateError(f"{path}: holds a JSON {type(obj).__name__}, expected an object")
-  return obj
+  """A JSON object from `path`; AggregateError naming the file when it is unusable."""
+  return json_files.read_object(path, AggregateError)
 
 
 def _int(value: Any, path: str, key: str) -> int | None:

@@ -32,6 +32,7 @@ import sys
 from typing import Any, Sequence
 
 from jaxaffect import metric_writer
+from jaxaffect.tools import json_files
 
 NAME = "best_test_accuracy_over_evals"
 OUT_FILE = "best_over_evals.json"
@@ -86,22 +87,7 @@ def best_over_evals(workdir: str, metric: str = "eval/top1") -> dict[str, Any]:
 
 def _read_results(path: str) -> dict[str, Any]:
   """results.json as a dict; HistoryError naming it when unreadable, not UTF-8 or not JSON."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-    res = json.loads(data.decode("utf-8-sig"))
-  except OSError as e:
-    raise HistoryError(f"{path}: unreadable: {e.strerror or e}") from None
-  except UnicodeDecodeError as e:
-    raise HistoryError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                       f"{e.start})") from None
-  except json.JSONDecodeError as e:
-    raise HistoryError(f"{path}: not valid JSON (truncated or damaged?): {e}") from None
-  except (ValueError, RecursionError) as e:
-    raise HistoryError(f"{path}: cannot be parsed: {type(e).__name__}: {e}") from None
-  if not isinstance(res, dict):
-    raise HistoryError(f"{path}: holds a JSON {type(res).__name__}, expected an object")
-  return res
+  return json_files.read_object(path, HistoryError)
 
 
 def _expand(paths: Sequence[str]) -> list[str]:
