@@ -19,8 +19,8 @@ eval/top1, eval/mean_class_accuracy, eval/accuracy/<class>, eval/confusion). The
 selected on the test split) is only reported under that name, by
 `python -m jaxaffect.tools.best_over_evals WORKDIR` from metrics.jsonl (set eval_every_steps to
 STEPS_PER_EPOCH for the original's per-epoch evaluations).
-Ablations: model.streams, model.fusion, model.affective_head + loss.affective_weight; the sweep
-preset `bpmgcn_ablations` runs the paper's rows (python -m jaxaffect.tools.sweep --preset ...).
+Ablations: model.streams, model.fusion, model.affective_head + loss.affective_weight; get_sweeps()
+below lists the paper's rows (python -m jaxaffect.tools.sweep --config ... --preset ablations).
 """
 from jaxaffect import config_lib
 
@@ -43,6 +43,8 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 5 * STEPS_PER_EPOCH
   c.log_every_steps = 20
   c.eval_every_steps = 25 * STEPS_PER_EPOCH
+  # top-1, mean-class, per-class accuracy and the confusion matrix on the test split.
+  c.evals = dict(eval=dict(type="classification"))
 
   d = c.dataset
   d.name = "synthetic_gait" if a.synthetic else "emotion_gait"
@@ -63,7 +65,7 @@ def get_config(arg=None):
   m.fusion = "code"          # "code" (cascaded, released) | "paper" (product form) | "none"
   m.pooling = "mean"         # "mean" | "max"
   m.mask_padding = True      # False: the code's differences across zero padding
-  # Ablations (sweep preset bpmgcn_ablations): one stream alone needs fusion="none";
+  # Ablations (get_sweeps below): one stream alone needs fusion="none";
   # affective_head=False removes fc2_aff (then loss.affective_weight must be 0).
   m.streams = "both"         # "both" | "posture" | "movement"
   m.affective_head = True
@@ -102,3 +104,27 @@ def get_config(arg=None):
     d.auto_prepare = True
     d.synthetic.update(num_per_class=6)
   return c
+
+
+def get_sweeps():
+  """Named override sets for `python -m jaxaffect.tools.sweep --preset NAME` (values as on the
+  command line)."""
+  return {
+      # BPM-GCN's ablation rows (paper Tables VI, XI, XIII, XIV): BPM-GCN* (code fusion), the
+      # paper's product fusion, BPM-GCN (no fusion), without the affective constraint (head
+      # removed), and each stream trained alone.
+      "ablations": [
+          ("baseline", {}),
+          ("fusion_paper", {"model.fusion": "paper"}),
+          ("no_affective", {"loss.affective_weight": "0.0", "model.affective_head": "False"}),
+          ("no_fusion", {"model.fusion": "none"}),
+          ("no_fusion_no_affective", {"model.fusion": "none", "loss.affective_weight": "0.0",
+                                      "model.affective_head": "False"}),
+          ("posture_only", {"model.streams": "posture", "model.fusion": "none"}),
+          ("posture_only_no_affective", {"model.streams": "posture", "model.fusion": "none",
+                                         "loss.affective_weight": "0.0",
+                                         "model.affective_head": "False"}),
+          ("movement_only", {"model.streams": "movement", "model.fusion": "none",
+                             "loss.affective_weight": "0.0"}),
+      ],
+  }

@@ -18,7 +18,8 @@ Its data order re-creates the loader every 12 updates (192 of 200 shuffled video
 here a seeded shuffle repeats over all training videos. Videos are padded to bucket lengths
 (dataset.buckets): one compilation per bucket, none per video.
 
-Ablations (the paper's rows), any of them from the command line or the sweep launcher:
+Ablations (the paper's rows), any of them from the command line; all of them with
+`python -m jaxaffect.tools.sweep --config ... --preset ablations` (get_sweeps below):
   --config.loss.video=False | frame | background | pseudo_action | cpc   (switch a term off)
   --config.model.modalities=visual | audio                               (one stream only)
   --config.loss.cpc_sign=-1                                               (paper sign)
@@ -41,6 +42,8 @@ def get_config(arg=None):
   c.optimizer.lr_multipliers = [("cls_module/a_extractor/.*", 10.0)]
   c.total_steps = UPDATES * VIDEOS_PER_UPDATE
   c.eval_every_steps = 100 * VIDEOS_PER_UPDATE
+  # Post-processing (config.postprocess) + ActivityNet detection mAP on the test videos.
+  c.evals = dict(eval=dict(type="tsl_localization"))
   c.checkpoint.every_steps = 100 * VIDEOS_PER_UPDATE
   c.log_every_steps = VIDEOS_PER_UPDATE
 
@@ -110,3 +113,25 @@ def get_config(arg=None):
     c.checkpoint.every_steps = 2
     c.log_every_steps = 1
   return c
+
+
+def get_sweeps():
+  """Named override sets for `python -m jaxaffect.tools.sweep --preset NAME` (values as on the
+  command line)."""
+  return {
+      # TSL-Net's ablation rows (paper Tables 2, 4, 6): video-level loss only, + frame-by-frame
+      # (points, no pseudo labels), no pseudo labels, no CPC alignment, each stream alone, and
+      # the paper's CPC sign.
+      "ablations": [
+          ("baseline", {}),
+          ("video_only", {"loss.frame": "False", "loss.background": "False",
+                          "loss.pseudo_action": "False", "loss.cpc": "False"}),
+          ("video_frame", {"loss.background": "False", "loss.pseudo_action": "False",
+                           "loss.cpc": "False"}),
+          ("no_pseudo_labels", {"loss.background": "False", "loss.pseudo_action": "False"}),
+          ("no_cpc", {"loss.cpc": "False"}),
+          ("visual_only", {"model.modalities": "visual"}),
+          ("audio_only", {"model.modalities": "audio"}),
+          ("cpc_paper_sign", {"loss.cpc_sign": "-1.0"}),
+      ],
+  }

@@ -9,6 +9,7 @@ Same model and recipe as configs/vaanet_ve8.py (Adam 2e-4, batch 32, 100 epochs,
 PCCE polarity: neither released code base defines an Ekman-6 grouping; we take joy and surprise
 as positive (inferred, consistent with VE-8, where Surprise is positive). Override with
 --config.dataset.polarity=... if your reading of the paper differs.
+Ablations: configs/vaanet_ve8.py's rows (--preset ablations).
 """
 from jaxaffect import config_lib
 
@@ -27,6 +28,8 @@ def get_config(arg=None):
   c.total_steps = 100 * steps_per_epoch
   c.checkpoint.every_steps = steps_per_epoch
   c.eval_every_steps = 10 * steps_per_epoch
+  # top-1, mean-class and per-class accuracy, polarity accuracy, confusion matrix (test split).
+  c.evals = dict(eval=dict(type="classification"))
   d = c.dataset
   d.name = "ekman6"
   d.split = 1
@@ -34,3 +37,8 @@ def get_config(arg=None):
   d.class_names = EKMAN6_CLASSES
   d.polarity = EKMAN6_POLARITY
   return c
+
+
+def get_sweeps():
+  """configs/vaanet_ve8.py's rows: same model, same keys."""
+  return config_lib.sibling_module(__file__, "vaanet_ve8.py").get_sweeps()

@@ -12,6 +12,8 @@ frozen 3D ResNet-101 whose BatchNorm uses batch statistics in training (the rele
 behaviour, which also hides its x/255-0.392 input normalisation). Pretrained Kinetics weights
 are loaded with --config.init_from (converter: next issue); deterministic evaluation (centre
 segment, centre crop) by default, `dataset.legacy_random_eval=True` for the original's random one.
+Ablations: get_sweeps() below (python -m jaxaffect.tools.sweep --config ... --preset ablations);
+configs/vaanet_ekman6.py and configs/demo.py use the same rows.
 """
 from jaxaffect import config_lib
 
@@ -37,6 +39,8 @@ def get_config(arg=None):
   c.checkpoint.keep = 3
   c.log_every_steps = 10
   c.eval_every_steps = 10 * steps_per_epoch
+  # top-1, mean-class and per-class accuracy, polarity accuracy, confusion matrix (test split).
+  c.evals = dict(eval=dict(type="classification"))
 
   d = c.dataset
   d.name = "synthetic_ve8" if a.synthetic else "ve8"
@@ -110,6 +114,23 @@ def get_config(arg=None):
   if a.smoke:
     _smoke(c)
   return c
+
+
+def get_sweeps():
+  """Named override sets for `python -m jaxaffect.tools.sweep --preset NAME` (values as on the
+  command line)."""
+  return {
+      # VAANet's ablations (the paper's attention/PCCE study): the full model and one row per
+      # removed component.
+      "ablations": [
+          ("baseline", {}),
+          ("no_spatial_attention", {"model.use_spatial_attention": "False"}),
+          ("no_channel_attention", {"model.use_channel_attention": "False"}),
+          ("no_temporal_attention", {"model.use_temporal_attention": "False"}),
+          ("no_audio", {"model.use_audio": "False"}),
+          ("no_pcce", {"loss.name": "ce"}),
+      ],
+  }
 
 
 def _smoke(c):

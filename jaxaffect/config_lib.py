@@ -96,7 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
   # keys) or "allow" (continue; the change is recorded in config.json's history).
   c.resume_changes = "refuse"
   c.log_every_steps = 10
+  # Evaluators (jaxaffect/evaluators.py): name -> {type, every_steps, **options}; the name
+  # prefixes the metrics. eval_every_steps is the cadence of those that set none (0: at the end).
   c.eval_every_steps = 0
+  c.evals = ml_collections.ConfigDict({"eval": {"type": "classification"}})
   c.dataset = ml_collections.ConfigDict()
   c.dataset.data_dir = default_data_dir()
   c.model = ml_collections.ConfigDict()
@@ -121,13 +124,20 @@ def _import_file(path: str, name: str):
   return module
 
 
+def config_module(spec: str):
+  """The config file of `path[:arg]` as a module: its top level runs, nothing is called (the
+  sweep reads get_sweeps() from it)."""
+  path, _ = split_spec(spec)
+  if not os.path.isfile(path):
+    raise PathNotFound(f"--config: {path} does not exist")
+  return _import_file(path, "jaxaffect_config_" + os.path.basename(path)[:-3])
+
+
 def load(spec: str, overrides: Sequence[str] = (), *, lock: bool = True
          ) -> ml_collections.ConfigDict:
   """get_config(arg) of `path[:arg]`, then the overrides ("a.b=value" or "--config.a.b=value")."""
   path, arg = split_spec(spec)
-  if not os.path.isfile(path):
-    raise PathNotFound(f"--config: {path} does not exist")
-  module = _import_file(path, "jaxaffect_config_" + os.path.basename(path)[:-3])
+  module = config_module(spec)
   if not hasattr(module, "get_config"):
     raise UserError(f"--config: {path} defines no get_config(arg)")
   try:
@@ -140,10 +150,14 @@ def load(spec: str, overrides: Sequence[str] = (), *, lock: bool = True
   return config
 
 
+def sibling_module(this_file: str, name: str):
+  """Another config file in the same folder, as a module (configs/ is not a package)."""
+  return config_module(os.path.join(os.path.dirname(os.path.abspath(this_file)), name))
+
+
 def sibling_config(this_file: str, name: str, arg: str | None = None):
-  """get_config(arg) of another config file in the same folder (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
-  return _import_file(path, f"jaxaffect_config_{name[:-3]}").get_config(arg)
+  """get_config(arg) of another config file in the same folder."""
+  return sibling_module(this_file, name).get_config(arg)
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -262,6 +276,7 @@ def check_common(config) -> None:
 # Keys a resumed run may change freely: where and how the run executes, not what it computes
 # (pods change size between jobs; data move; logging cadence). Prefixes end with ".".
 RESUME_FREE = ("mesh.", "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size",
+               "evals.",
                "dataset.data_dir", "dataset.manual_dir", "dataset.worker_count", "init_from",
                "resume_changes")
 HISTORY_KEY = "_resume_history"  # config.json: the changes accepted with resume_changes=allow

@@ -1,5 +1,6 @@
-"""What a method plugs into the one train loop (model + loss + metrics + data spec), and the
-registry that finds it.
+"""What a method plugs into the one train loop (model + loss + predictions + data spec), and
+the registry that finds it. Metrics come from the evaluators named in `config.evals`
+(jaxaffect/evaluators.py).
 
 The trainer knows no method by name; `get_method(config)` resolves `config.method` to the
 package `jaxaffect.methods.<name>`, which exports `Method`. This registry is the only module
@@ -64,12 +65,6 @@ class Method(abc.ABC):
   def predict(self, params, model_state, batch: Batch) -> dict[str, jax.Array]:
     """Eval forward; per-example outputs with the batch axis first."""
 
-  @abc.abstractmethod
-  def eval_metrics(self, outputs: dict[str, np.ndarray], batches: dict[str, np.ndarray]
-                   ) -> dict[str, float]:
-    """Metrics from all eval examples (padding already removed). An output whose per-example
-    shape varies between batches (variable-length inputs) is a list of per-example arrays."""
-
   # ---- data --------------------------------------------------------------------------------
   @abc.abstractmethod
   def train_iterator(self, *, seed: int, global_batch_size: int, process_index: int,
@@ -88,7 +83,8 @@ class Method(abc.ABC):
   # backbone the method does not build in this mode).
   init_from_ignore: tuple[str, ...] = ()
 
-  # Keys of the eval batch kept on the host for metrics (e.g. labels).
+  # Keys of the eval batch the evaluators read (labels, indices): taken from the host copy of
+  # each batch, never sent through the devices for that purpose (see jaxaffect/evaluators.py).
   eval_label_keys: tuple[str, ...] = ("label",)
 
 

@@ -12,9 +12,10 @@ config.frozen_params: regexes over "/"-joined parameter paths whose updates are 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -108,8 +109,11 @@ def _base_optimizer(opt, schedule) -> optax.GradientTransformation:
   raise ValueError(f"optimizer.name: unknown optimizer {name!r} (adam, adamw, sgd)")
 
 
-def make_optimizer(config, params) -> tuple[optax.GradientTransformation, Callable]:
-  """Returns (tx, schedule). `params` may be abstract; only the tree structure is used."""
+def make_optimizer(config, params, *, weighted: bool = False
+                   ) -> tuple[optax.GradientTransformation, Callable]:
+  """Returns (tx, schedule). `params` may be abstract; only the tree structure is used.
+  `weighted`: the method reports a loss weight (steps.LOSS_WEIGHT); with multi_steps > 1 the
+  update then takes `loss_weight=` and weighs each train step by it."""
   opt = config.optimizer
   schedule = make_schedule(config)
   frozen = list(config.get("frozen_params", ()) or ())
@@ -131,5 +135,52 @@ def make_optimizer(config, params) -> tuple[optax.GradientTransformation, Callab
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   k = multi_steps(config)
   if k > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
+    # Unweighted: optax.MultiSteps (checkpoints of earlier runs keep its state layout).
+    tx = (weighted_multi_steps(tx, k) if weighted
+          else optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation())
   return tx, schedule
+
+
+class WeightedMultiStepsState(NamedTuple):
+  mini_step: jax.Array        # train steps accumulated since the last update
+  gradient_step: jax.Array    # optimizer updates so far
+  inner_opt_state: Any
+  acc_grads: Any              # the weighted mean of the accumulated steps' gradients
+  acc_weight: jax.Array       # their total weight
+
+
+def weighted_multi_steps(tx: optax.GradientTransformation, k: int
+                         ) -> optax.GradientTransformationExtraArgs:
+  """optax.MultiSteps with steps counted by weight: one update of `tx` every k train steps with
+  sum_i(w_i g_i) / sum_i(w_i), where w_i is `loss_weight` (the units step i's mean loss is
+  over: valid snippets, target tokens). The running mean is updated as
+  acc + (g - acc) * w / (W + w), which with w = 1 is MultiSteps' own formula, rounding
+  included."""
+
+  def init(params):
+    return WeightedMultiStepsState(
+        mini_step=jnp.zeros((), jnp.int32), gradient_step=jnp.zeros((), jnp.int32),
+        inner_opt_state=tx.init(params),
+        acc_grads=jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+        acc_weight=jnp.zeros((), jnp.float32))
+
+  def update(updates, state, params=None, *, loss_weight=1.0, **extra):
+    del extra
+    w = jnp.asarray(loss_weight, jnp.float32)
+    total = state.acc_weight + w
+    denom = jnp.where(total > 0, total, 1.0)  # a weightless step (all padding) adds nothing
+    acc = jax.tree.map(lambda g, a: a + ((g.astype(jnp.float32) - a) * w) / denom,
+                       updates, state.acc_grads)
+    new_updates, inner = tx.update(jax.tree.map(lambda a, g: a.astype(g.dtype), acc, updates),
+                                   state.inner_opt_state, params)
+    emit = state.mini_step == k - 1
+    keep_old = lambda old, new: jnp.where(emit, new, old).astype(old.dtype)
+    new_state = WeightedMultiStepsState(
+        mini_step=(state.mini_step + 1) % k,
+        gradient_step=state.gradient_step + emit.astype(jnp.int32),
+        inner_opt_state=jax.tree.map(keep_old, state.inner_opt_state, inner),
+        acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc),
+        acc_weight=jnp.where(emit, 0.0, total))
+    return jax.tree.map(lambda u: jnp.where(emit, u, jnp.zeros_like(u)), new_updates), new_state
+
+  return optax.GradientTransformationExtraArgs(init, update)

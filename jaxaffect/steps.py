@@ -8,14 +8,15 @@ the logical-axis rules; the step donates the state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from jaxaffect import optim
+from jaxaffect import evaluators, optim
 from jaxaffect import sharding as shd
 
 # Key of the scalar a method's loss metrics may carry: the number of units its mean loss is
@@ -35,8 +36,10 @@ class Setup:
   batch_sharding: jax.sharding.NamedSharding
   init_fn: Callable            # rng -> state
   train_step: Callable         # (state, batch, rng) -> (state, metrics)
-  eval_step: Callable          # (state, batch) -> outputs (replicated)
+  eval_step: Callable          # (state, batch) -> per-example outputs, sharded like the batch
   trainable_mask: Any
+  predict_keys: tuple | None   # batch keys `predict` reads (None: unknown, send them all)
+  evaluators: list             # jaxaffect.evaluators.Evaluator, from config.evals
 
   def context(self):
     """Mesh + logical rules; every trace (init, step, eval) runs under it."""
@@ -88,7 +91,11 @@ def build(config, method, mesh) -> Setup:
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract_vars = jax.eval_shape(init_variables, jax.random.key(0))
   abstract_params = shd.unbox_abstract(abstract_vars["params"])
-  tx, schedule = optim.make_optimizer(config, abstract_params)
+  # Does the method weigh its loss (metrics["loss_weight"])? Only multi-step accumulation needs
+  # to know before the step is traced; one abstract trace of the loss answers it.
+  weighted_updates = k_updates > 1 and _reports_loss_weight(
+      method, abstract_vars, example_specs, mesh, rules)
+  tx, schedule = optim.make_optimizer(config, abstract_params, weighted=weighted_updates)
   mask = optim.trainable_mask(abstract_params, config.get("frozen_params", ()) or ())
 
   def init_state(rng):
@@ -168,7 +175,11 @@ def build(config, method, mesh) -> Setup:
       metrics = jax.tree.map(lambda m: m * (1.0 / grad_accum), metrics)
       if weighted:
         metrics[LOSS_WEIGHT] = total_w  # the global batch's total weight
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    if weighted_updates:  # this step counts by its weight among the multi_steps
+      weight = metrics[LOSS_WEIGHT] if LOSS_WEIGHT in metrics else jnp.ones((), jnp.float32)
+      updates, opt_state = tx.update(grads, state["opt_state"], params, loss_weight=weight)
+    else:
+      updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g),
                                                grads, mask))
@@ -187,20 +198,80 @@ def build(config, method, mesh) -> Setup:
     return new_state, out
 
   def eval_step(state, batch):
-    outputs = method.predict(gather(state["params"]), state["model_state"], batch)
-    outputs = dict(outputs)
-    for k in tuple(method.eval_label_keys) + ("_mask",):
-      outputs[k] = batch[k]
-    return outputs
+    return dict(method.predict(gather(state["params"]), state["model_state"], batch))
 
   train_step_jit = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, repl),
                            out_shardings=(state_sharding, repl), donate_argnums=(0,))
+  # Outputs stay sharded like the batch: each process fetches its own examples' rows
+  # (process_rows) instead of every device receiving the whole eval batch.
   eval_step_jit = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
-                          out_shardings=repl)
+                          out_shardings=batch_sharding)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    predict_keys = _keys_read(method.predict, abstract_state, example_specs)
   return Setup(method=method, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
                abstract_state=abstract_state, state_sharding=state_sharding,
                batch_sharding=batch_sharding, init_fn=init_fn, train_step=train_step_jit,
-               eval_step=eval_step_jit, trainable_mask=mask)
+               eval_step=eval_step_jit, trainable_mask=mask, predict_keys=predict_keys,
+               evaluators=evaluators.from_config(config))
+
+
+def _reports_loss_weight(method, abstract_vars, example_specs, mesh, rules) -> bool:
+  model_state = {c: abstract_vars[c] for c in method.state_collections if c in abstract_vars}
+
+  def metrics(params, model_state, batch):
+    return method.loss(params, model_state, batch, jax.random.key(0))[1][0]
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    out = jax.eval_shape(metrics, shd.unbox_abstract(abstract_vars["params"]),
+                         shd.unbox_abstract(model_state),
+                         example_specs)
+  return LOSS_WEIGHT in out
+
+
+class _ReadRecorder(Mapping):
+  """A read-only view of a batch that records which keys are read."""
+
+  def __init__(self, batch):
+    self._batch, self.read = batch, set()
+
+  def __getitem__(self, key):
+    self.read.add(key)
+    return self._batch[key]
+
+  def __iter__(self):
+    self.read.update(self._batch)
+    return iter(self._batch)
+
+  def __len__(self):
+    return len(self._batch)
+
+
+def _keys_read(predict, abstract_state, example_specs) -> tuple | None:
+  """The batch keys `predict` reads, found by tracing it once without compute: only those go
+  to the devices at eval time (labels and indices stay on the host). None when the trace
+  needs a key the training batch lacks; then every numeric key is sent."""
+  recorder = _ReadRecorder({})
+
+  def trace(params, model_state, batch):
+    recorder.__init__(batch)
+    return predict(params, model_state, recorder)
+
+  try:
+    jax.eval_shape(trace, abstract_state["params"], abstract_state["model_state"],
+                   example_specs)
+  except KeyError:
+    return None
+  return tuple(sorted(recorder.read))
+
+
+def process_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of an array sharded over its leading (batch) axis, in order: the
+  inverse of make_global_batch. Replicas of a row block (tensor-parallel copies) are fetched
+  once."""
+  blocks = {}
+  for shard in x.addressable_shards:
+    blocks.setdefault(shard.index[0].start or 0, shard.data)
+  return np.concatenate([np.asarray(blocks[k]) for k in sorted(blocks)])
 
 
 def _box_like_params(opt_state, boxed_params):

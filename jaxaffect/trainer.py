@@ -118,24 +118,40 @@ def _init_from(s: steps_lib.Setup, state, path: str):
   return dict(state, params=params, model_state=model_state or state["model_state"])
 
 
-def evaluate(s: steps_lib.Setup, config, state) -> dict[str, float]:
-  """Runs the eval split once (padding masked out) and returns the method's metrics."""
+def evaluate(s: steps_lib.Setup, config, state, step: int | None = None) -> dict[str, Any]:
+  """One prediction pass over the eval split, then every evaluator due at `step` (all of them
+  when `step` is None: the final evaluation). Returns {"<evaluator>/<metric>": value}.
+
+  Predictions come back per example from the devices that computed them (no replication);
+  the fields evaluators read (labels, indices) never leave the host. With several processes
+  each batch is gathered on the host so every process computes the same metrics."""
+  due = [e for e in s.evaluators if step is None or e.due(step)]
+  if not due:
+    return {}
   method = s.method
   outputs: dict[str, list[np.ndarray]] = {}
   batches = method.eval_batches(global_batch_size=int(config.get("eval_batch_size",
                                                                  config.batch_size)),
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
+  host_keys = tuple(method.eval_label_keys) + ("_mask",)
   with s.context():
     for local in batches:
-      batch = steps_lib.make_global_batch(local, s.batch_sharding)
-      out = jax.device_get(s.eval_step(state, batch))
-      keep = np.asarray(out.pop("_mask"), bool)
-      for k, v in out.items():
+      device_part = {k: local[k] for k in s.predict_keys}
+      out = s.eval_step(state, steps_lib.make_global_batch(device_part, s.batch_sharding))
+      rows = {k: steps_lib.process_rows(v) for k, v in out.items()}
+      rows.update({k: np.asarray(local[k]) for k in host_keys})
+      if jax.process_count() > 1:
+        rows = multihost_utils.process_allgather(rows, tiled=True)
+      keep = np.asarray(rows.pop("_mask"), bool)
+      for k, v in rows.items():
         outputs.setdefault(k, []).append(np.asarray(v)[keep])
   merged = {k: _merge(v) for k, v in outputs.items()}
-  labels = {k: merged.pop(k) for k in method.eval_label_keys}
-  return method.eval_metrics(merged, labels)
+  fields = {k: merged.pop(k) for k in method.eval_label_keys}
+  results = {}
+  for e in due:
+    results.update({f"{e.name}/{k}": v for k, v in e(merged, fields, method=method).items()})
+  return results
 
 
 def _merge(parts: list[np.ndarray]):
@@ -220,7 +236,6 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   base_rng = jax.random.key(int(config.seed))
   preempt = _Preemption()
   log_every = max(int(config.log_every_steps), 1)
-  eval_every = int(config.get("eval_every_steps", 0) or 0)
   pbar = _progress(start, total)
   pending = None  # (step, metrics) of the previous step: checked one step late, keeps dispatch async
   t_last, step_last = time.perf_counter(), start
@@ -250,8 +265,10 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if ckpt.should_save(step) or step == total:
           _check_finite(*pending, ckpt, s.abstract_state)  # never checkpoint a non-finite step
           ckpt.save(step, state, train_iter, meta)
-        if eval_every and step % eval_every == 0 and step != total:
-          writer.write(step, {f"eval/{k}": v for k, v in evaluate(s, config, state).items()})
+        if step != total:
+          results = evaluate(s, config, state, step)
+          if results:
+            writer.write(step, results)
         if preempt.reached(step):
           log.warning("preemption requested at step %d: saving and exiting", step)
           if ckpt.latest_step() != step:
@@ -273,7 +290,6 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       pbar.close()
   ckpt.wait()
   results = evaluate(s, config, state)
-  results = {f"eval/{k}": v for k, v in results.items()}
   writer.write(total, results)
   if jax.process_index() == 0:
     with open(results_path + ".tmp", "w") as f:
@@ -307,7 +323,7 @@ def evaluate_only(config, workdir: str) -> dict[str, float]:
   if (ckpt is None or ckpt.latest_step() is None) and not config.get("init_from", ""):
     raise PathNotFound(f"--mode eval: no checkpoint under {ckpt_dir} and no config.init_from")
   state, step = initial_state(s, config, ckpt)
-  results = {f"eval/{k}": v for k, v in evaluate(s, config, state).items()}
+  results = evaluate(s, config, state)
   _print_results(results)
   try:
     with workdir_lock.WorkdirLock(workdir, "eval"):

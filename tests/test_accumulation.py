@@ -46,9 +46,6 @@ class MaskedRegression(method_lib.Method):
   def predict(self, params, model_state, batch):
     return {}
 
-  def eval_metrics(self, outputs, labels):
-    return {}
-
   def train_iterator(self, **kw):
     raise NotImplementedError
 
@@ -93,3 +90,35 @@ def test_unweighted_accumulation_is_the_mean_of_micro_batch_means(batch):
   halves = [jax.tree.map(lambda x: x[j::2], batch) for j in (0, 1)]
   means = [float(np.sum(((0.0 - h["y"]) ** 2) * h["mask"]) / np.sum(h["mask"])) for h in halves]
   assert acc_loss == pytest.approx(np.mean(means), rel=1e-5)
+
+
+def _multi_steps(k, weighted, batches, unit_weight=False):
+  """Params after len(batches) train steps with optimizer.multi_steps=k (SGD, lr 1)."""
+  c = config_lib.base_config()
+  c.batch_size = batches[0]["x"].shape[0]
+  c.optimizer.name, c.optimizer.learning_rate, c.optimizer.momentum = "sgd", 1.0, 0.0
+  c.optimizer.multi_steps = k
+  m = MaskedRegression(c)
+  m.weighted = weighted
+  if unit_weight:  # reports loss_weight = 1: must reproduce optax.MultiSteps exactly
+    m.loss = lambda *a, f=m.loss: (lambda l, aux: (l, ({steps.LOSS_WEIGHT: jnp.ones(())},
+                                                       aux[1])))(*f(*a))
+  s = steps.build(c, m, shd.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    for b in batches:
+      state, _ = s.train_step(state, steps.make_global_batch(b, s.batch_sharding),
+                              jax.random.key(0))
+  return np.asarray(state["params"]["Dense_0"]["kernel"])
+
+
+def test_weighted_multi_steps_equal_the_whole_batch(batch):
+  # Two train steps: 24 valid positions, then 5.
+  halves = [jax.tree.map(lambda x: x[j * 4:(j + 1) * 4], batch) for j in (0, 1)]
+  full = _multi_steps(1, True, [batch])
+  np.testing.assert_allclose(_multi_steps(2, True, halves), full, rtol=1e-5, atol=1e-7)
+  # optax.MultiSteps (unweighted) averages the two steps' means instead.
+  assert np.abs(_multi_steps(2, False, halves) - full).max() > 1e-3
+  # A constant weight of one is optax.MultiSteps, bit for bit.
+  np.testing.assert_array_equal(_multi_steps(2, True, halves, unit_weight=True),
+                                _multi_steps(2, False, halves))

@@ -23,8 +23,10 @@ import pytest
 
 from data_pipelines.builders import tsl300
 from jaxaffect import config_lib
-from jaxaffect.methods.bpmgcn import data as gp
+from jaxaffect.data import families
 from jaxaffect.data import sources
+from jaxaffect.data import video_emotion
+from jaxaffect.methods.bpmgcn import data as gp
 from jaxaffect.methods.tsl import data as tp
 from jaxaffect.errors import UserError
 from jaxaffect.evaluation import localization as L
@@ -59,10 +61,10 @@ def _main_cli(spec, tmp_path, data_dir, manual_dir=None):
 # ------------------------------------------------------------------------------ empty raw folders
 
 
-PREPARE = {"configs/vaanet_ve8.py": sources.prepare_video_emotion,
-           "configs/vaanet_ekman6.py": sources.prepare_video_emotion,
-           "configs/bpmgcn_emogait.py": gp.prepare_emotion_gait,
-           "configs/tsl_tsl300.py": tp.prepare_tsl}
+FAMILY = {"configs/vaanet_ve8.py": video_emotion.FAMILY,
+          "configs/vaanet_ekman6.py": video_emotion.FAMILY,
+          "configs/bpmgcn_emogait.py": gp.FAMILY,
+          "configs/tsl_tsl300.py": tp.FAMILY}
 
 
 def _raw_case(spec, tmp_path, *, dirs=(), files=None, names=(), cli=False):
@@ -74,7 +76,7 @@ def _raw_case(spec, tmp_path, *, dirs=(), files=None, names=(), cli=False):
     (raw / f).parent.mkdir(parents=True, exist_ok=True)
     (raw / f).write_text(text)
   ds = _config(spec, tmp_path / "data", raw)
-  return Case(lambda: PREPARE[spec](ds), UserError, [str(raw), *names],
+  return Case(lambda: families.prepare(FAMILY[spec], ds), UserError, [str(raw), *names],
               _main_cli(spec, tmp_path, tmp_path / "data", raw) if cli else None)
 
 
@@ -109,7 +111,7 @@ def _tsl_release(vs, extra_points: str = "", features: bool = True):
 def _tsl_without_features(tmp_path, _):
   vs = _tsl_release(tmp_path / "raw", features=False)
   ds = _config("configs/tsl_tsl300.py", tmp_path / "data", vs)
-  return Case(lambda: tp.prepare_tsl(ds), UserError,
+  return Case(lambda: families.prepare(tp.FAMILY, ds), UserError,
               [str(vs / "features" / "train" / "rgb"), "no .npy"])
 
 
@@ -120,7 +122,7 @@ def _tsl_without_features(tmp_path, _):
 def gait_build(tmp_path_factory):
   """The smoke config's synthetic gait set, generated and extracted once (1 s)."""
   data = tmp_path_factory.mktemp("gait_data")
-  gp.prepare_emotion_gait(_config(GAIT_SMOKE, data))
+  families.prepare(gp.FAMILY, _config(GAIT_SMOKE, data))
   return data
 
 
@@ -146,8 +148,8 @@ def _shard_case(how, *, cli=False, when="open"):
     ds = _config(GAIT_SMOKE, data)
 
     def call():
-      gp.prepare_emotion_gait(ds)  # as the trainer does: a finished build is not rebuilt
-      src = gp.emotion_gait_source(ds, "train")
+      families.prepare(gp.FAMILY, ds)  # as the trainer does: a finished build is not rebuilt
+      src = families.open_source(gp.FAMILY, ds, "train")
       assert when == "read", "the damage should have been found when the source was opened"
       return [src[i] for i in range(len(src))]
     return Case(call, sources.DamagedShard, [path, os.path.dirname(path), "delete"],
@@ -164,7 +166,7 @@ def _dataset_info_truncated(tmp_path, gait_build):
   with open(info, "w") as f:
     f.write(text[:len(text) // 2])
   ds = _config(GAIT_SMOKE, data)
-  return Case(lambda: gp.prepare_emotion_gait(ds), sources.DamagedShard,
+  return Case(lambda: families.prepare(gp.FAMILY, ds), sources.DamagedShard,
               [info, os.path.dirname(info)])
 
 
@@ -296,15 +298,15 @@ def test_deleting_the_named_folder_rebuilds(tmp_path, gait_build):
   data = tmp_path / "data"
   shutil.copytree(gait_build, data)
   ds = _config(GAIT_SMOKE, data)
-  n = len(gp.emotion_gait_source(ds, "train"))
+  n = len(families.open_source(gp.FAMILY, ds, "train"))
   with open(_shard(data), "r+b") as f:
     f.truncate(1000)
   with pytest.raises(sources.DamagedShard) as e:
-    gp.emotion_gait_source(ds, "train")
+    families.open_source(gp.FAMILY, ds, "train")
   folder = re.search(r"; delete (\S+) and rerun", str(e.value)).group(1)
   shutil.rmtree(folder)
-  gp.prepare_emotion_gait(ds)
-  src = gp.emotion_gait_source(ds, "train")
+  families.prepare(gp.FAMILY, ds)
+  src = families.open_source(gp.FAMILY, ds, "train")
   assert len(src) == n and all(src[i]["num_frames"] > 0 for i in range(n))
 
 
@@ -312,7 +314,7 @@ def test_damage_found_in_a_grain_worker_is_the_same_one_line_error(tmp_path, gai
   data = tmp_path / "data"
   shutil.copytree(gait_build, data)
   ds = _config(GAIT_SMOKE, data)
-  src = gp.emotion_gait_source(ds, "train")
+  src = families.open_source(gp.FAMILY, ds, "train")
   with open(_shard(data), "r+b") as f:
     f.seek(1000)
     f.write(np.random.default_rng(2).bytes(4000))

@@ -1,5 +1,5 @@
 """BPM-GCN ablation switches (model.streams, model.fusion, model.affective_head,
-loss.affective_weight) and the sweep preset that runs the paper's ablation rows."""
+loss.affective_weight) and the config's sweep preset that runs the paper's ablation rows."""
 import os
 import subprocess
 import sys
@@ -49,7 +49,7 @@ def _params(**kw):
 
 
 def test_preset_rows_and_exact_parameter_counts():
-  rows = dict(sweep.PRESETS["bpmgcn_ablations"])
+  rows = dict(sweep.presets(CONFIG)["ablations"])
   assert list(rows) == list(EXPECTED)
   base = _config()
   assert sweep.unknown_keys(base, [k for ov in rows.values() for k in ov]) == []
@@ -142,7 +142,7 @@ def test_movement_only_loss_is_its_cross_entropy_and_logits_are_the_stream_logit
 def test_sweep_dry_run_expands_the_preset():
   r = subprocess.run([sys.executable, "-m", "jaxaffect.tools.sweep", "--config",
                       "configs/bpmgcn_emogait.py:synthetic", "--root", "/tmp/never_created",
-                      "--preset", "bpmgcn_ablations", "--dry-run"],
+                      "--preset", "ablations", "--dry-run"],
                      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   lines = r.stdout.strip().splitlines()

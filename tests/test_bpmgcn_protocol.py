@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxaffect import config_lib
+from jaxaffect import config_lib, evaluators
 from jaxaffect import method as methods
 from jaxaffect.tools import best_over_evals as boe
 
@@ -23,7 +23,9 @@ def test_eval_metrics_accuracy_per_class_and_confusion():
   labels = np.array([0, 0, 0, 1, 1, 2, 3, 3])
   pred = np.array([0, 0, 1, 1, 1, 3, 3, 0])
   logits = np.eye(4)[pred] * 5.0
-  m = method.eval_metrics({"logits": logits}, {"label": labels})
+  (evaluator,) = evaluators.from_config(c)  # the config's evals: classification, named "eval"
+  assert evaluator.name == "eval"
+  m = evaluator({"logits": logits}, {"label": labels}, method=method)
   assert m["top1"] == pytest.approx(5 / 8)
   assert m["confusion"] == [[2, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [1, 0, 0, 1]]
   assert m["accuracy/Happy"] == pytest.approx(2 / 3)

@@ -11,7 +11,8 @@ import pytest
 from data_pipelines.builders import emotion_splits as es
 from data_pipelines.builders import video_emotion as ve
 from data_pipelines.synthetic import common
-from jaxaffect.data import sources
+from jaxaffect.data import families
+from jaxaffect.data import video_emotion
 from jaxaffect.errors import PathNotFound, UserError
 
 CONFIG = dict(fps=4, frame_short_side=16, audio_sr=22050, n_mfcc=8, n_fft=512, hop_length=256)
@@ -183,15 +184,15 @@ def _ds(name, manual_dir, data_dir, **kw):
 
 def test_ekman6_alternating_rule_build_via_sources(ek6_root, tmp_path):
   ds = _ds("ekman6", ek6_root, tmp_path)
-  sources.prepare_video_emotion(ds)
-  train = sources.video_emotion_source(ds, "train")
+  families.prepare(video_emotion.FAMILY, ds)
+  train = families.open_source(video_emotion.FAMILY, ds, "train")
   keys = sorted(train[i]["key"].decode() for i in range(len(train)))
   expected = ["anger/1000", "anger/999", "disgust/10", "fear/600", "sadness/1417", "surprise/241"]
   assert keys == expected == es.ekman6_alternating(EK6_FILES)["train"]
   ex = train[0]
   assert es.EK6_CLASSES[int(ex["label"])] == ex["key"].decode().split("/")[0]
-  builder = ve.build_video_emotion(ek6_root, sources.tfds_dir(ds), sources.extraction_kwargs(ds),
-                                   build=False)
+  builder = ve.build_video_emotion(ek6_root, families.tfds_dir(video_emotion.FAMILY, ds),
+                                   video_emotion.extraction_kwargs(ds), build=False)
   assert builder.builder_config.name.startswith("ekman6_split1_")
   m = ve.load_manifest(builder)
   assert m["layout"] == "ekman6" and m["splits"]["test"]["num_examples"] == 5
@@ -219,15 +220,17 @@ def test_ekman6_id_lists_found_in_splits(tmp_path):
 
 def test_sources_errors(ek6_root, tmp_path):
   with pytest.raises(PathNotFound, match="no_such_folder"):
-    sources.prepare_video_emotion(_ds("ekman6", tmp_path / "no_such_folder", tmp_path))
+    families.prepare(video_emotion.FAMILY,
+                     _ds("ekman6", tmp_path / "no_such_folder", tmp_path))
   two = _ds("ekman6", ek6_root, tmp_path)
   two.split = 2
   with pytest.raises(UserError, match="split_index must be in 1..1"):
-    sources.prepare_video_emotion(two)
+    families.prepare(video_emotion.FAMILY, two)
   with pytest.raises(UserError, match="unknown dataset"):
-    sources.extraction_kwargs(_ds("ek7", ek6_root, tmp_path))
-  kw = sources.extraction_kwargs(_ds("ve8", ek6_root, tmp_path, split_file="splits.xlsx"))
+    video_emotion.extraction_kwargs(_ds("ek7", ek6_root, tmp_path))
+  kw = video_emotion.extraction_kwargs(_ds("ve8", ek6_root, tmp_path,
+                                            split_file="splits.xlsx"))
   assert kw["layout"] == "ve8" and kw["split_file"] == "splits.xlsx"
   # A VE-8 folder without any split is a one-line PathNotFound naming what was looked for.
   with pytest.raises(PathNotFound, match="TrainTestSplits.xlsx"):
-    sources.prepare_video_emotion(_ds("ve8", ek6_root, tmp_path))
+    families.prepare(video_emotion.FAMILY, _ds("ve8", ek6_root, tmp_path))

@@ -10,6 +10,7 @@ import pytest
 from data_pipelines.builders import emotion_gait as eg
 from data_pipelines.synthetic import common
 from data_pipelines.synthetic import gait
+from jaxaffect.data import families
 from jaxaffect.methods.bpmgcn import data as gp
 
 
@@ -236,13 +237,13 @@ def test_sources_generate_build_and_open_synthetic(tmp_path):
   ds = ml_collections.ConfigDict(dict(
       name="synthetic_gait", data_dir=str(tmp_path), manual_dir="", auto_prepare=True,
       synthetic=dict(seed=0, num_per_class=10), extraction=dict(split_seed=0, test_fraction=0.1)))
-  gp.prepare_emotion_gait(ds)
-  train, test = gp.emotion_gait_source(ds, "train"), gp.emotion_gait_source(ds, "test")
+  families.prepare(gp.FAMILY, ds)
+  train, test = (families.open_source(gp.FAMILY, ds, s) for s in ("train", "test"))
   assert (len(train), len(test)) == (36, 4)
   b = next(gp.eval_batches(test, global_batch_size=8, process_index=0, process_count=1))
   assert b["_mask"].sum() == 4 and np.all(np.isfinite(b["skeleton"]))
   assert np.all((b["mask"].sum(1) >= 27) & (b["mask"].sum(1) <= 48))
-  gp.prepare_emotion_gait(ds)  # idempotent
+  families.prepare(gp.FAMILY, ds)  # idempotent
 
 
 def test_centring_modes_are_exact_and_keep_padding_zero():

@@ -71,15 +71,98 @@ def test_assignments_and_variant_files(tmp_path):
       ("lr3", {"optimizer.learning_rate": "0.001", "model.use_audio": "False"})]
 
 
-def test_vaanet_ablation_preset_keys_exist_in_the_config():
-  rows = dict(sweep.PRESETS["vaanet_ablations"])
-  assert rows["baseline"] == {} and len(rows) == 6
-  assert rows["no_audio"] == {"model.use_audio": "False"}
-  assert rows["no_pcce"] == {"loss.name": "ce"}
-  config = sweep.load_config(os.path.join(ROOT, "configs/vaanet_ve8.py:smoke"))
-  keys = [k for ov in rows.values() for k in ov]
-  assert len(keys) == 5 and sweep.unknown_keys(config, keys) == []
+# ------------------------------------------------------------------------------ presets
+
+CONFIGS = os.path.join(ROOT, "configs")
+# A config of its own, so that only a lookup in the file can produce these rows.
+OWN_CONFIG = """
+from jaxaffect import config_lib
+
+def get_config(arg=None):
+  return config_lib.base_config()
+"""
+OWN_SWEEPS = """
+def get_sweeps():
+  return {"lr": [("fast", {"optimizer.learning_rate": 0.1}), ("slow", {"seed": "7"})],
+          "seeds": [("s1", {"seed": "1"})]}
+"""
+
+
+def _own_config(tmp_path, body=OWN_SWEEPS):
+  path = tmp_path / "mine.py"
+  path.write_text(OWN_CONFIG + body)
+  return str(path)
+
+
+def test_ablation_presets_live_in_the_configs_and_use_their_keys():
+  with_sweeps = {}
+  for name in sorted(os.listdir(CONFIGS)):
+    if name.endswith(".py"):
+      try:
+        with_sweeps[name] = sweep.presets(os.path.join(CONFIGS, name))
+      except sweep.UsageError:
+        continue
+  assert set(with_sweeps) == {"vaanet_ve8.py", "vaanet_ekman6.py", "demo.py",
+                              "tsl_tsl300.py", "bpmgcn_emogait.py"}
+  for name, presets in with_sweeps.items():
+    config = sweep.load_config(os.path.join(CONFIGS, name))
+    for preset, rows in presets.items():
+      keys = [k for _, ov in rows for k in ov]
+      assert keys and sweep.unknown_keys(config, keys) == [], (name, preset)
+      assert rows[0] == ("baseline", {}), (name, preset)
+  vaanet = dict(with_sweeps["vaanet_ve8.py"]["ablations"])
+  assert len(vaanet) == 6 and vaanet["no_audio"] == {"model.use_audio": "False"}
+  assert vaanet["no_pcce"] == {"loss.name": "ce"}
+  # One VAANet table, read by the other VAANet configs.
+  assert with_sweeps["vaanet_ekman6.py"] == with_sweeps["demo.py"] == with_sweeps["vaanet_ve8.py"]
+  tsl = dict(with_sweeps["tsl_tsl300.py"]["ablations"])
+  assert len(tsl) == 8 and tsl["cpc_paper_sign"] == {"loss.cpc_sign": "-1.0"}
+  assert len(with_sweeps["bpmgcn_emogait.py"]["ablations"]) == 8  # test_bpmgcn_ablations.py
+  config = sweep.load_config(os.path.join(CONFIGS, "vaanet_ve8.py:smoke"))
   assert sweep.unknown_keys(config, ["model.nope", "loss.name"]) == ["model.nope"]
+
+
+def test_preset_is_looked_up_in_the_config_file(tmp_path, capsys):
+  config = _own_config(tmp_path)
+  root = tmp_path / "never_created"
+  assert sweep.main(["--config", config, "--root", str(root), "--preset", "lr",
+                     "--dry-run"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 2
+  assert lines[0].endswith(f"--workdir {root}/fast --config.optimizer.learning_rate=0.1")
+  assert lines[1].endswith(f"--workdir {root}/slow --config.seed=7")
+  assert not root.exists()
+  assert sweep.main(["--config", config, "--list-presets"]) == 0
+  assert capsys.readouterr().out.splitlines() == [
+      "lr (2 variants):", "  fast  optimizer.learning_rate=0.1", "  slow  seed=7",
+      "seeds (1 variants):", "  s1  seed=1"]
+  # A real config's preset, as the README runs it.
+  assert sweep.main(["--config", os.path.join(CONFIGS, "demo.py:smoke"), "--root", str(root),
+                     "--preset", "ablations", "--dry-run"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 6 and lines[0].endswith(f"--workdir {root}/baseline")
+  assert lines[4].endswith(f"--workdir {root}/no_audio --config.model.use_audio=False")
+
+
+@pytest.mark.parametrize("body,preset,expected", [
+    (OWN_SWEEPS, "seed", ["mine.py has no such preset (did you mean 'seeds'?); "
+                          "its presets: lr, seeds"]),
+    ("", "ablations", ["mine.py defines no get_sweeps(), so it has no presets"]),
+    ("", None, ["mine.py defines no get_sweeps()"]),  # --list-presets
+    ("def get_sweeps():\n  return {'x': [('a', 'seed=1')]}\n", "x",
+     ["mine.py: get_sweeps() must return {preset name: [(variant name, {key: value}), ...]}"]),
+])
+def test_preset_errors_are_one_line_naming_the_config(tmp_path, capsys, body, preset,
+                                                      expected):
+  config = _own_config(tmp_path, body)
+  args = ["--preset", preset, "--dry-run"] if preset else ["--list-presets"]
+  assert sweep.main(["--config", config, "--root", str(tmp_path / "r"), *args]) == 2
+  out, err = capsys.readouterr()
+  assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: "), err
+  assert config in err
+  for text in expected:
+    assert text in err
+  assert not (tmp_path / "r").exists()
 
 
 def test_table_formats():

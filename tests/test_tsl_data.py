@@ -12,6 +12,7 @@ from data_pipelines.builders import tsl300
 from data_pipelines.synthetic import __main__ as cli
 from data_pipelines.synthetic import common
 from data_pipelines.synthetic import untrimmed
+from jaxaffect.data import families
 from jaxaffect.methods.tsl import data as tp
 from jaxaffect.errors import UserError
 
@@ -456,11 +457,16 @@ def test_eval_covers_each_video_once_with_padding_mask(sort_by_length):
   assert info["segments"].shape == (1, 2) and info["segment_labels"].tolist() == [1]
 
 
-def test_make_sources_generates_builds_and_opens_synthetic(tmp_path):
+def _prepare_and_open(ds):
+  families.prepare(tp.FAMILY, ds)
+  return {s: families.open_source(tp.FAMILY, ds, s) for s in ("train", "test")}
+
+
+def test_family_generates_builds_and_opens_synthetic(tmp_path):
   ds = ml_collections.ConfigDict(dict(
       name="synthetic_tsl", data_dir=str(tmp_path), manual_dir="", auto_prepare=True,
       synthetic=dict(seed=0, num_train=4, num_test=2, min_snippets=20, max_snippets=40)))
-  sources = tp.make_sources(ds)
+  sources = _prepare_and_open(ds)
   assert (len(sources["train"]), len(sources["test"])) == (4, 2)
   b = next(tp.eval_batches(sources["test"], global_batch_size=2, process_index=0,
                            process_count=1, buckets=(32, 64)))
@@ -472,6 +478,6 @@ def test_make_sources_generates_builds_and_opens_synthetic(tmp_path):
   t = next(iter(tp.train_dataset(sources["train"], seed=0, global_batch_size=2,
                                  process_index=0, process_count=1, buckets=(32, 64))))
   assert (t["point_count"].sum(1) >= 1).all()  # every synthetic train video has points
-  assert tp.make_sources(ds)["train"] is not None  # idempotent
+  assert _prepare_and_open(ds)["train"] is not None  # idempotent
   with pytest.raises(UserError, match="unknown TSL dataset"):
-    tp.make_sources(ml_collections.ConfigDict(dict(name="tsl", data_dir=str(tmp_path))))
+    _prepare_and_open(ml_collections.ConfigDict(dict(name="tsl", data_dir=str(tmp_path))))

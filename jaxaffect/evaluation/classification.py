@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxaffect import evaluators
+
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   cm = np.zeros((num_classes, num_classes), np.int64)
@@ -45,3 +47,17 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_classe
     pol = np.asarray(polarity)
     out["polarity_accuracy"] = float((pol[pred] == pol[labels]).mean())
   return out
+
+
+@evaluators.register("classification")
+def evaluate(outputs, fields, *, method, logits: str = "logits", label: str = "label",
+             polarity: bool = True) -> dict:
+  """The `classification` evaluator: the metrics above from `outputs[logits]` and
+  `fields[label]`; classes and names from `config.dataset` (num_classes, class_names), and the
+  polarity accuracy when `config.dataset.polarity` maps classes to polarities."""
+  ds = method.config.dataset
+  table = ds.get("polarity", None) if polarity else None
+  return classification_metrics(
+      outputs[logits], fields[label], num_classes=int(ds.num_classes),
+      polarity=np.asarray(table, np.int32) if table is not None else None,
+      class_names=tuple(ds.get("class_names", ()) or ()))

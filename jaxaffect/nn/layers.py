@@ -187,7 +187,8 @@ class BatchNorm(nn.Module):
   Same variables as nn.BatchNorm (params scale/bias, batch_stats mean/var). Defaults follow
   PyTorch: eps 1e-5, momentum 0.1 (= Flax momentum 0.9), and the running variance is updated
   with the *unbiased* batch variance as PyTorch does (normalisation uses the biased one).
-  Statistics are computed in float32 whatever the compute dtype; the output is in `dtype`.
+  Statistics are computed in float32 at least (float64 for float64 inputs, which parity tests
+  use); the output is in `dtype`.
   """
   use_running_average: bool | None = None
   momentum: float = 0.9
@@ -209,7 +210,8 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((feat,), jnp.float32))
     scale = self.param("scale", self.scale_init, (feat,), self.param_dtype)
     bias = self.param("bias", self.bias_init, (feat,), self.param_dtype)
-    xf = x.astype(jnp.float32)
+    sdt = jnp.promote_types(x.dtype, jnp.float32)
+    xf = x.astype(sdt)
     if use_ra:
       mean, var = ra_mean.value, ra_var.value
     else:
@@ -222,15 +224,15 @@ class BatchNorm(nn.Module):
         var = jnp.mean(jnp.square(xf - mean), axes)
         n = math.prod(x.shape[:-1])
       else:
-        w = jnp.broadcast_to(mask.astype(jnp.float32), x.shape[:-1])[..., None]
+        w = jnp.broadcast_to(mask.astype(sdt), x.shape[:-1])[..., None]
         n = jnp.maximum(jnp.sum(w), 1.0)
         mean = jnp.sum(xf * w, axes) / n
         var = jnp.sum(jnp.square(xf - mean) * w, axes) / n
       if not self.is_initializing():
         upd_var = var * (n / jnp.maximum(n - 1, 1)) if self.unbiased_running_var else var
         m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-        ra_var.value = m * ra_var.value + (1.0 - m) * upd_var
-    mul = scale.astype(jnp.float32) * lax.rsqrt(var + self.epsilon)
-    y = (xf - mean) * mul + bias.astype(jnp.float32)
+        ra_mean.value = (m * ra_mean.value + (1.0 - m) * mean).astype(ra_mean.value.dtype)
+        ra_var.value = (m * ra_var.value + (1.0 - m) * upd_var).astype(ra_var.value.dtype)
+    mul = scale.astype(sdt) * lax.rsqrt(var + self.epsilon)
+    y = (xf - mean) * mul + bias.astype(sdt)
     return y.astype(self.dtype if self.dtype is not None else x.dtype)

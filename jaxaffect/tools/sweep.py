@@ -1,31 +1,7 @@
 """Sweeps and ablations: run variants of one config, each in its own workdir, then tabulate.
 
-  python -m jaxaffect.tools.sweep --config configs/x.py[:arg] --root DIR \
-      (--override 'model.use_audio=False loss.name=ce' ... | --grid 'a.b=1,2' --grid 'c=x,y'
-       | --preset NAME | --from-file FILE) [--baseline] [--name-by auto|overrides|short|index]
-      [--parallel N] [--dry-run] [--table-only] [-- extra jaxaffect.main args]
-
-Each variant runs `python -m jaxaffect.main --config ... --workdir DIR/<variant> [extra args]
---config.k=v ...` (the variant's own overrides last, so they win). Why a separate process per
-variant: a crash, OOM or NaN stops one variant only, and each run is exactly what a user gets
-by hand. Resumable: a variant whose workdir holds results.json is skipped; an interrupted one
-resumes (main resumes from its latest checkpoint). Re-running the same command finishes a sweep.
-
-Variants are the override sets (--override, one set per flag; --preset; --from-file; --baseline
-adds the unmodified config), crossed with the Cartesian product of every --grid. Override keys
-are checked against the config before anything runs: a variant with an unknown key is reported
-as failed, the others run. At the end every variant's results.json goes into one table: printed
-(Markdown), DIR/results.md and DIR/results.csv (columns: variant, overrides, status, step, then
-the scalar eval metrics; the Markdown leaves out per-class accuracies unless --all-metrics).
-Exit status: 0 when every variant finished, 1 otherwise (failed ones are listed), 2 usage error.
-
---from-file: one variant per line, "[name:] k=v k=v ..." (shell quoting; '#' comments; "name:"
-alone is the unmodified config), or a .json file: a list of {key: value} objects or an object
-{name: {key: value}}. Each variant's console output goes to DIR/<variant>/sweep.log.
-Compiled programs are shared between variants through JAX's persistent compilation cache in
-DIR/.jax_cache (unless JAX_COMPILATION_CACHE_DIR is set or --no-compilation-cache): variants
-that differ only in seed, learning rate, etc. then skip most of their compile time.
---parallel N runs N variants at once; on one GPU also set XLA_PYTHON_CLIENT_PREALLOCATE=false.
+Documented in the README, section "Sweeps, ablations, splits, figures": commands, flags,
+presets (a config's get_sweeps()), variant files, resuming, the tables and the exit status.
 """
 from __future__ import annotations
 
@@ -50,52 +26,6 @@ from typing import Any, Sequence
 
 from jaxaffect import config_lib
 from jaxaffect.errors import UserError
-
-# Named override sets. Values are strings exactly as on the command line (--config.k=v).
-PRESETS: dict[str, list[tuple[str, dict[str, str]]]] = {
-    # VAANet's ablations (the paper's attention/PCCE study): the full model and one row per
-    # removed component.
-    "vaanet_ablations": [
-        ("baseline", {}),
-        ("no_spatial_attention", {"model.use_spatial_attention": "False"}),
-        ("no_channel_attention", {"model.use_channel_attention": "False"}),
-        ("no_temporal_attention", {"model.use_temporal_attention": "False"}),
-        ("no_audio", {"model.use_audio": "False"}),
-        ("no_pcce", {"loss.name": "ce"}),
-    ],
-    # BPM-GCN's ablation rows (configs/bpmgcn_emogait.py; paper Tables VI, XI, XIII, XIV):
-    # BPM-GCN* (code fusion), the paper's product fusion, BPM-GCN (no fusion), without the
-    # affective constraint (head removed), and each stream trained alone.
-    "bpmgcn_ablations": [
-        ("baseline", {}),
-        ("fusion_paper", {"model.fusion": "paper"}),
-        ("no_affective", {"loss.affective_weight": "0.0", "model.affective_head": "False"}),
-        ("no_fusion", {"model.fusion": "none"}),
-        ("no_fusion_no_affective", {"model.fusion": "none", "loss.affective_weight": "0.0",
-                                    "model.affective_head": "False"}),
-        ("posture_only", {"model.streams": "posture", "model.fusion": "none"}),
-        ("posture_only_no_affective", {"model.streams": "posture", "model.fusion": "none",
-                                       "loss.affective_weight": "0.0",
-                                       "model.affective_head": "False"}),
-        ("movement_only", {"model.streams": "movement", "model.fusion": "none",
-                           "loss.affective_weight": "0.0"}),
-    ],
-    # TSL-Net's ablation rows (configs/tsl_tsl300.py; paper Tables 2, 4, 6): video-level loss
-    # only, + frame-by-frame (points, no pseudo labels), no pseudo labels, no CPC alignment,
-    # each stream alone, and the paper's CPC sign.
-    "tsl_ablations": [
-        ("baseline", {}),
-        ("video_only", {"loss.frame": "False", "loss.background": "False",
-                        "loss.pseudo_action": "False", "loss.cpc": "False"}),
-        ("video_frame", {"loss.background": "False", "loss.pseudo_action": "False",
-                         "loss.cpc": "False"}),
-        ("no_pseudo_labels", {"loss.background": "False", "loss.pseudo_action": "False"}),
-        ("no_cpc", {"loss.cpc": "False"}),
-        ("visual_only", {"model.modalities": "visual"}),
-        ("audio_only", {"model.modalities": "audio"}),
-        ("cpc_paper_sign", {"loss.cpc_sign": "-1.0"}),
-    ],
-}
 
 RESULTS_FILE = "results.json"
 SPEC_FILE = "sweep_variant.json"
@@ -134,7 +64,8 @@ def parse_assignments(text: str, where: str) -> dict[str, str]:
     key, eq, value = item.partition("=")
     key = key.removeprefix("--config.")
     if not eq or not _KEY_RE.match(key):
-      raise UsageError(f"{where}: {item!r} is not an assignment key=value (e.g. model.use_audio=False)")
+      raise UsageError(f"{where}: {item!r} is not an assignment key=value "
+                       "(e.g. model.use_audio=False)")
     out[key] = value
   return out
 
@@ -231,6 +162,53 @@ def build_variants(named: Sequence[tuple[str | None, dict[str, str]]],
     raise UsageError(f"variant names are not unique: {dups} (two identical override sets, or "
                      "use --name-by overrides/index)")
   return variants
+
+
+# ------------------------------------------------------------------------------ presets
+
+Rows = list[tuple[str, dict[str, str]]]
+
+
+def presets(spec: str) -> dict[str, Rows]:
+  """The named override sets of the config file `path[:arg]`: its get_sweeps()."""
+  path, _ = config_lib.split_spec(spec)
+  try:
+    module = config_lib.config_module(spec)
+  except UserError as e:
+    raise UsageError(str(e)) from None
+  if not callable(getattr(module, "get_sweeps", None)):
+    raise UsageError(f"{path} defines no get_sweeps(), so it has no presets (use --override, "
+                     "--grid or --from-file)")
+  sweeps = module.get_sweeps()
+  try:
+    # Non-string values are written as --from-file's JSON values are.
+    return {str(name): [(str(n), {str(k): _value_str(v) for k, v in ov.items()})
+                        for n, ov in rows]
+            for name, rows in sweeps.items()}
+  except (TypeError, ValueError, AttributeError):
+    raise UsageError(f"{path}: get_sweeps() must return {{preset name: [(variant name, "
+                     "{key: value}), ...]}") from None
+
+
+def preset_rows(spec: str, name: str) -> Rows:
+  """One preset of the config; an unknown name is a usage error listing the config's ones."""
+  path, _ = config_lib.split_spec(spec)
+  available = presets(spec)
+  if name not in available:
+    raise UsageError(f"--preset {name}: {path} has no such preset"
+                     f"{config_lib.nearest(name, available)}; its presets: "
+                     f"{', '.join(available) or 'none'}")
+  return available[name]
+
+
+def describe_presets(spec: str) -> str:
+  lines = []
+  for name, rows in presets(spec).items():
+    lines.append(f"{name} ({len(rows)} variants):")
+    width = max((len(n) for n, _ in rows), default=0)
+    lines += [f"  {n:<{width}}  {' '.join(f'{k}={v}' for k, v in ov.items()) or '-'}"
+              for n, ov in rows]
+  return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ config checks
@@ -467,26 +445,33 @@ def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m jaxaffect.tools.sweep", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Presets: " + "; ".join(f"{k} ({', '.join(n for n, _ in v)})"
-                                     for k, v in PRESETS.items()))
-  p.add_argument("--config", help="config file path[:arg], as for jaxaffect.main")
-  p.add_argument("--root", required=True, help="sweep folder; one workdir per variant")
+      usage="%(prog)s --config PATH[:ARG] --root DIR (--override ... | --grid ... | --preset "
+            "NAME | --from-file FILE | --baseline) [options] [-- extra jaxaffect.main args]")
+  p.add_argument("--config", help="config file path[:arg], as for jaxaffect.main (required "
+                 "except for --table-only without variants)")
+  p.add_argument("--root", help="sweep folder; one workdir per variant (required)")
   p.add_argument("--override", action="append", default=[], metavar="'K=V [K=V ...]'",
                  help="one variant's overrides (repeat for more variants)")
   p.add_argument("--grid", action="append", default=[], metavar="K=V1,V2",
                  help="crossed with every variant (repeat: Cartesian product)")
-  p.add_argument("--preset", action="append", default=[], choices=sorted(PRESETS))
-  p.add_argument("--from-file", action="append", default=[], metavar="FILE")
+  p.add_argument("--preset", action="append", default=[], metavar="NAME",
+                 help="a named override set of the config's get_sweeps() (repeatable)")
+  p.add_argument("--list-presets", action="store_true",
+                 help="print the config's presets and their variants, run nothing")
+  p.add_argument("--from-file", action="append", default=[], metavar="FILE",
+                 help="variants from a text or .json file (repeatable)")
   p.add_argument("--baseline", action="store_true", help="add the unmodified config")
   p.add_argument("--name-by", choices=("auto", "overrides", "short", "index"), default="auto",
                  help="workdir names: auto (preset/file names, else overrides), overrides "
                       "(model.use_audio=False), short (use_audio=False), index (v000)")
-  p.add_argument("--parallel", type=int, default=1, metavar="N")
+  p.add_argument("--parallel", type=int, default=1, metavar="N",
+                 help="variants run at once (default 1)")
   p.add_argument("--python", default=sys.executable, help="interpreter for the variants")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
   p.add_argument("--table-only", action="store_true",
                  help="run nothing; tabulate the variants (or every folder under --root)")
-  p.add_argument("--no-compilation-cache", action="store_true")
+  p.add_argument("--no-compilation-cache", action="store_true",
+                 help="no shared JAX compilation cache in ROOT/.jax_cache")
   return p
 
 
@@ -510,6 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args, extra: list[str]) -> int:
+  if args.list_presets:
+    if not args.config:
+      raise UsageError("--list-presets: --config is required")
+    print(describe_presets(args.config))
+    return 0
+  if not args.root:
+    raise UsageError("--root is required")
   args.root = os.path.abspath(os.path.expanduser(args.root))
   for a in extra:
     if a.split("=", 1)[0] in ("--config", "--workdir"):
@@ -517,8 +509,10 @@ def _main(args, extra: list[str]) -> int:
   named: list[tuple[str | None, dict[str, str]]] = []
   if args.baseline:
     named.append(("baseline", {}))
+  if args.preset and not args.config:
+    raise UsageError("--preset: --config is required (presets are the config's get_sweeps())")
   for p in args.preset:
-    named.extend(PRESETS[p])
+    named.extend(preset_rows(args.config, p))
   for path in args.from_file:
     named.extend(read_variant_file(path))
   named.extend((None, parse_assignments(o, "--override")) for o in args.override)

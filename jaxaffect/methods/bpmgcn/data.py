@@ -1,8 +1,10 @@
-"""Online input pipeline for skeleton gaits (emotion_gait records -> batches), plus sources.
+"""Online input pipeline for skeleton gaits (emotion_gait records -> batches) and the gait
+dataset family.
 
 Same rules as jaxaffect/data/pipeline.py (topology independence): global seeded shuffle +
 repeat + per-example random transform on the global stream, then batch to the per-process
-size and take every P-th batch; eval covers each example once, the last global batch padded ("_mask" False).
+size and take every P-th batch (pipeline.per_process_iter); eval covers each example once,
+the last global batch padded ("_mask" False; pipeline.padded_eval_batches).
 
 Batch: "skeleton" float32 [B, T, 16, 3] (zeros on padded frames), "label" int32 [B],
 "mask" float32 [B, T] (1 on real frames); eval batches add "_mask" bool [B] and "key" (host).
@@ -21,7 +23,8 @@ coordinates); `rotate_deg` > 0 draws a rotation about the vertical axis in +-rot
 `scale_jitter` > 0 a uniform scale in [1 - s, 1 + s]. Both act about the coordinate origin
 (the root after "root" centring), so padded frames stay zero.
 
-Datasets (`dataset.name`): "synthetic_gait" (generated on first use into data_dir/raw, see
+Datasets (`dataset.name`, FAMILY; prepared and opened by jaxaffect/data/families.py):
+"synthetic_gait" (generated on first use into data_dir/raw, see
 data_pipelines/synthetic/gait.py) and "emotion_gait" (the downloaded release in
 `dataset.manual_dir`, else data_dir/raw/emotion_gait).
 """
@@ -29,16 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Iterator, Mapping
 
 import grain
 import numpy as np
 
-from jaxaffect.data.pipeline import (_DEFAULT_PREFETCH_BATCHES, _PaddedSource,
-                                     _per_process_batch, _read_options, num_eval_batches)
-from jaxaffect.data import sources
-from jaxaffect.errors import PathNotFound, UserError
+from jaxaffect.data import families
+from jaxaffect.data import pipeline
+from jaxaffect.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -135,54 +136,35 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
                   process_count: int,
                   augment: GaitAugmentConfig | Mapping[str, Any] | None = None,
                   center: str = "none", worker_count: int = 0, read_threads: int | None = None,
-                  prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
+                  prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES
+                  ) -> grain.IterDataset:
   """Infinite, shuffled per-process batches; the global batch depends only on (seed, B).
 
   `iter()` of the result is a grain iterator with get_state()/set_state().
   """
   if len(source) == 0:
     raise ValueError("train source is empty")
-  local_bs = _per_process_batch(global_batch_size, process_count)
-  ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-        .random_map(GaitTransform(augment, train=True, center=center))
-        .batch(local_bs, drop_remainder=True)[process_index::process_count])
-  it_ds = ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, worker_count))
-  if worker_count > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return it_ds
-
-
-class _MaskedGaitTransform(grain.transforms.RandomMap):
-  def __init__(self, center: str = "none"):
-    self._inner = GaitTransform(None, train=False, keep_key=True, center=center)
-
-  def random_map(self, element: tuple[Any, bool], rng: np.random.Generator) -> dict:
-    record, real = element
-    out = self._inner.random_map(record, rng)
-    out["_mask"] = np.bool_(real)
-    return out
+  stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+            .random_map(GaitTransform(augment, train=True, center=center)))
+  return pipeline.per_process_iter(
+      stream, global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, worker_count=worker_count, read_threads=read_threads,
+      prefetch_batches=prefetch_batches)
 
 
 def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
                  process_count: int, center: str = "none", read_threads: int | None = None,
-                 prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> Iterator[dict]:
-  """Per-process eval batches covering every example exactly once, in source order.
-
-  The last global batch is padded with copies of example 0 ("_mask" False); every process
-  yields the same number of batches; process p gets rows [p*b, (p+1)*b) of each global batch.
-  """
-  n = len(source)
-  if n == 0:
-    raise ValueError("eval source is empty")
-  local_bs = _per_process_batch(global_batch_size, process_count)
-  total = num_eval_batches(n, global_batch_size) * global_batch_size
-  ds = (grain.MapDataset.source(_PaddedSource(source, total)).seed(0)
-        .random_map(_MaskedGaitTransform(center))
-        .batch(local_bs, drop_remainder=True)[process_index::process_count])
-  return iter(ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, 0)))
+                 prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES) -> Iterator[dict]:
+  """Per-process eval batches covering every example exactly once, in source order
+  (pipeline.padded_eval_batches: padding copies example 0 with "_mask" False)."""
+  example = pipeline.record_example(GaitTransform(None, train=False, keep_key=True,
+                                                  center=center))
+  return pipeline.padded_eval_batches(
+      source, example, global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, read_threads=read_threads, prefetch_batches=prefetch_batches)
 
 
-# ------------------------------------------------------------------------------ sources
+# ------------------------------------------------------------------------------ family
 
 
 _SYNTHETIC_KNOBS = ("elmd_fraction", "jitter_scale", "yaw_range_deg", "noise")
@@ -192,58 +174,28 @@ def _synthetic_extra(syn) -> dict:
   return {k: float(syn[k]) for k in _SYNTHETIC_KNOBS if k in syn}
 
 
-def raw_dir(ds) -> str:
-  tag = None
-  if ds.name in SYNTHETIC:
-    tag = f"seed{ds.synthetic.seed}_n{ds.synthetic.num_per_class}"
-  return sources.dataset_raw_dir(ds, tag, _synthetic_extra(ds.synthetic) if tag else None)
+def _synthetic_folder(ds) -> tuple[str, dict]:
+  syn = ds.synthetic
+  return f"seed{syn.seed}_n{syn.num_per_class}", _synthetic_extra(syn)
 
 
-def tfds_dir(ds) -> str:
-  return sources.dataset_tfds_dir(ds, raw_dir(ds))
+def _generator_kwargs(ds) -> dict:
+  syn = ds.synthetic
+  return dict(seed=int(syn.seed), num_per_class=int(syn.num_per_class), verbose=False,
+              **_synthetic_extra(syn))
 
 
-def _extraction_kwargs(ds) -> dict:
-  if ds.name not in SYNTHETIC + REAL:
-    raise UserError(f"dataset.name: unknown gait dataset {ds.name!r}; known: "
-                    f"{', '.join(SYNTHETIC + REAL)}")
+def _builder_options(ds) -> dict:
   kw = dict(ds.extraction.to_dict()) if ds.get("extraction", None) is not None else {}
   if "parts" in kw:
     kw["parts"] = tuple(kw["parts"])
   return kw
 
 
-def _build(ds, **kwargs):
-  from data_pipelines.builders import emotion_gait  # pylint: disable=g-import-not-at-top
-  with sources.build_errors(ds.name, emotion_gait.RawLayoutError, emotion_gait.GaitConfigError,
-                            data=tfds_dir(ds)):
-    return emotion_gait.build_emotion_gait(raw_dir(ds), tfds_dir(ds), _extraction_kwargs(ds),
-                                           **kwargs)
-
-
-def prepare_emotion_gait(ds) -> None:
-  """Generates (synthetic only) and builds the dataset if not done yet. Process 0 only."""
-  raw = raw_dir(ds)
-  if ds.name in SYNTHETIC:
-    if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
-      raise PathNotFound(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
-    from data_pipelines.synthetic import gait  # pylint: disable=g-import-not-at-top
-    syn = ds.synthetic
-    extra = _synthetic_extra(syn)
-    gait.generate_emotion_gait_style(raw, seed=int(syn.seed),
-                                     num_per_class=int(syn.num_per_class), verbose=False,
-                                     **extra)
-  elif ds.name not in REAL:
-    raise UserError(f"dataset.name: unknown gait dataset {ds.name!r}; known: "
-                    f"{', '.join(SYNTHETIC + REAL)}")
-  if not os.path.isdir(raw):
-    raise PathNotFound(f"dataset: raw data folder {raw} does not exist; download Emotion-Gait "
-                       "there or set --config.dataset.manual_dir")
-  os.makedirs(tfds_dir(ds), exist_ok=True)
-  _build(ds, progress=False)
-
-
-def emotion_gait_source(ds, split: str):
-  """The random-access source of one split (records as in the builder's features)."""
-  return sources.open_split(ds, split, tfds_dir(ds), lambda: _build(ds, build=False),
-                            "build it")
+FAMILY = families.DatasetFamily(
+    synthetic=SYNTHETIC, real=REAL, noun="gait dataset",
+    builder="data_pipelines.builders.emotion_gait:build_emotion_gait",
+    builder_errors=("RawLayoutError", "GaitConfigError"), builder_options=_builder_options,
+    generator="data_pipelines.synthetic.gait:generate_emotion_gait_style",
+    generator_kwargs=_generator_kwargs, synthetic_folder=_synthetic_folder,
+    raw_hint="download Emotion-Gait there")

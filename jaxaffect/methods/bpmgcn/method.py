@@ -6,10 +6,11 @@ logits) + w * MSE(affective regression, the 31 STEP features computed from the s
 Predictions average the two streams' logits. Data: Emotion-Gait layout (h5 + labels) through
 the `emotion_gait` builder; batches "skeleton" [B, 48, 16, 3], "mask" [B, 48], "label" [B].
 
-Ablations (config keys; sweep preset `bpmgcn_ablations`): model.fusion=none, model.streams=
-posture|movement (one stream, its CE only; needs fusion=none), loss.affective_weight=0 (no
-constraint; add model.affective_head=False to remove fc2_aff, which is otherwise built and
-unused). A weight > 0 without the head (movement only, or affective_head=False) is an error.
+Ablations (config keys; configs/bpmgcn_emogait.py's sweep preset `ablations`):
+model.fusion=none, model.streams=posture|movement (one stream, its CE only; needs fusion=none),
+loss.affective_weight=0 (no constraint; add model.affective_head=False to remove fc2_aff, which
+is otherwise built and unused). A weight > 0 without the head (movement only, or
+affective_head=False) is an error.
 Evaluation on the held-out split: top1, mean_class_accuracy, per-class accuracy and the
 confusion matrix (evaluation/classification.py). The original's "best test accuracy over
 epochs" is not a held-out number; `python -m jaxaffect.tools.best_over_evals WORKDIR` reports it
@@ -25,7 +26,6 @@ import numpy as np
 import optax
 
 from jaxaffect.errors import UserError
-from jaxaffect.evaluation import classification
 from jaxaffect import method as base
 from jaxaffect.methods.bpmgcn import model as bpmgcn_model
 from jaxaffect.methods.bpmgcn import gait_features
@@ -98,19 +98,16 @@ class Method(base.Method):
                            train=False)
     return {"logits": out["logits"].astype(jnp.float32)}
 
-  def eval_metrics(self, outputs, labels):
-    return classification.classification_metrics(
-        outputs["logits"], labels["label"], num_classes=int(self.config.dataset.num_classes),
-        class_names=tuple(self.config.dataset.get("class_names", ())))
-
   def prepare_data(self):
+    from jaxaffect.data import families
     from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
-    gait_pipeline.prepare_emotion_gait(self.config.dataset)
+    families.prepare(gait_pipeline.FAMILY, self.config.dataset)
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    from jaxaffect.data import families
     from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     ds = self.config.dataset
-    src = gait_pipeline.emotion_gait_source(ds, "train")
+    src = families.open_source(gait_pipeline.FAMILY, ds, "train")
     aug = ds.get("augment", None)
     return iter(gait_pipeline.train_dataset(
         src, seed=seed, global_batch_size=global_batch_size, process_index=process_index,
@@ -118,9 +115,10 @@ class Method(base.Method):
         center=str(ds.get("center", "none"))))
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
+    from jaxaffect.data import families
     from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     ds = self.config.dataset
-    src = gait_pipeline.emotion_gait_source(ds, "test")
+    src = families.open_source(gait_pipeline.FAMILY, ds, "test")
     return gait_pipeline.eval_batches(src, global_batch_size=global_batch_size,
                                       process_index=process_index, process_count=process_count,
                                       center=str(ds.get("center", "none")))

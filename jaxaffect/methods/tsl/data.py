@@ -1,8 +1,10 @@
-"""Online input pipeline for TSL-Net features (tsl300 records -> bucketed batches), plus sources.
+"""Online input pipeline for TSL-Net features (tsl300 records -> bucketed batches) and the
+TSL-300 dataset family.
 
 Same rules as jaxaffect/data/pipeline.py (topology independence): a seeded global shuffle +
 repeat on the global example stream, then batch to the per-process size and take every P-th
-batch; eval covers each example once, the last global batch padded ("_mask" False).
+batch (pipeline.per_process_iter); eval covers each example once, the last global batch padded
+("_mask" False; pipeline.padded_eval_batches).
 
 Videos have different lengths T (snippets of 16 frames). Every batch is padded to a BUCKETED
 length L: the smallest entry of `buckets` that is >= the largest T in the *global* batch (read
@@ -32,14 +34,14 @@ one of the three annotator versions is chosen per video, once per run: here with
 by (seed, video id), among the versions that have >= 1 point for that video; an int 0/1/2 uses
 that version only (a video it did not annotate then has no points).
 
-Datasets (`dataset.name`): "synthetic_tsl" (generated on first use into data_dir/raw, see
+Datasets (`dataset.name`, FAMILY; prepared and opened by jaxaffect/data/families.py):
+"synthetic_tsl" (generated on first use into data_dir/raw, see
 data_pipelines/synthetic/untrimmed.py) and "tsl300" (the release in `dataset.manual_dir`, else
 data_dir/raw/tsl300).
 """
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import zlib
 from typing import Any, Iterator, Sequence
@@ -47,10 +49,9 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from jaxaffect.data.pipeline import (_DEFAULT_PREFETCH_BATCHES, _per_process_batch, _read_options,
-                                     num_eval_batches)
-from jaxaffect.data import sources
-from jaxaffect.errors import PathNotFound, UserError
+from jaxaffect.data import families
+from jaxaffect.data import pipeline
+from jaxaffect.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +182,13 @@ def pad_batch(examples: Sequence[dict], length: int) -> dict:
   return out
 
 
-def _pad_elements(elements: Sequence[tuple[dict, int]]) -> dict:
-  """grain batch_fn: elements are (example, bucket of its global batch)."""
-  lengths = {int(L) for _, L in elements}
+def _pad_elements(elements: Sequence[dict]) -> dict:
+  """grain batch_fn: examples carrying "_bucket", the bucket of their global batch."""
+  lengths = {int(ex["_bucket"]) for ex in elements}
   if len(lengths) != 1:
     raise AssertionError(f"one batch, several buckets {sorted(lengths)}")
-  return pad_batch([ex for ex, _ in elements], lengths.pop())
+  return pad_batch([{k: v for k, v in ex.items() if k != "_bucket"} for ex in elements],
+                   lengths.pop())
 
 
 _LENGTHS: dict[int, tuple[Any, np.ndarray]] = {}
@@ -218,21 +220,22 @@ def _checked_lengths(source: Any, lengths: Sequence[int] | None,
 
 
 class _TrainElement(grain.transforms.MapWithIndex):
-  """Position k of the shuffled stream -> (example, bucket of global batch k // B)."""
+  """Position k of the shuffled stream -> example with "_bucket", that of global batch k // B."""
 
   def __init__(self, source, order, lengths, buckets, global_batch_size, seed, annotator):
     self._source, self._order, self._lengths = source, order, lengths
     self._buckets, self._gb = buckets, global_batch_size
     self._seed, self._annotator = seed, annotator
 
-  def map_with_index(self, k: int, index: int) -> tuple[dict, int]:
+  def map_with_index(self, k: int, index: int) -> dict:
     s = k // self._gb
     longest = max(int(self._lengths[self._order[j]])
                   for j in range(s * self._gb, (s + 1) * self._gb))
     ex = transform_record(self._source[int(index)], int(index), seed=self._seed,
                           annotator=self._annotator)
     del ex["video_id"]
-    return ex, bucket_length(longest, self._buckets)
+    ex["_bucket"] = bucket_length(longest, self._buckets)
+    return ex
 
 
 class _LengthGroupedOrder:
@@ -286,7 +289,8 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
                   annotator: str | int = "random", annotator_seed: int | None = None,
                   lengths: Sequence[int] | None = None, group_by_length: int = 0,
                   worker_count: int = 0, read_threads: int | None = None,
-                  prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> grain.IterDataset:
+                  prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES
+                  ) -> grain.IterDataset:
   """Infinite, shuffled per-process bucketed batches; the global batch depends only on (seed, B)
   (and `group_by_length`).
 
@@ -300,7 +304,7 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
     raise ValueError("train source is empty")
   buckets = check_buckets(buckets)
   annotator = check_annotator(annotator)
-  local_bs = _per_process_batch(global_batch_size, process_count)
+  pipeline.per_process_batch(global_batch_size, process_count)  # before reading every length
   lengths = _checked_lengths(source, lengths, buckets)
   if group_by_length < 0:
     raise UserError(f"dataset.group_by_length must be >= 0, got {group_by_length}")
@@ -311,34 +315,32 @@ def train_dataset(source: Any, *, seed: int, global_batch_size: int, process_ind
     order = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
   element = _TrainElement(source, order, lengths, buckets, global_batch_size,
                           seed if annotator_seed is None else annotator_seed, annotator)
-  ds = (order.map_with_index(element)
-        .batch(local_bs, drop_remainder=True, batch_fn=_pad_elements)[process_index::process_count])
-  it_ds = ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, worker_count))
-  if worker_count > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return it_ds
+  return pipeline.per_process_iter(
+      order.map_with_index(element), global_batch_size=global_batch_size,
+      process_index=process_index, process_count=process_count, worker_count=worker_count,
+      read_threads=read_threads, prefetch_batches=prefetch_batches, batch_fn=_pad_elements)
 
 
-class _EvalElement(grain.transforms.Map):
-  """Eval position k -> (example with "_mask", bucket of its global batch)."""
+class _EvalElement:
+  """pipeline.EvalRow -> its example with "_bucket", that of the row's global batch."""
 
-  def __init__(self, source, order, lengths, buckets, global_batch_size, seed, annotator):
-    self._source, self._order, self._lengths = source, order, lengths
+  def __init__(self, order, lengths, buckets, global_batch_size, seed, annotator):
+    self._order, self._lengths = order, lengths
     self._buckets, self._gb = buckets, global_batch_size
     self._seed, self._annotator = seed, annotator
     self._n = len(order)
 
   def _index(self, k: int) -> int:
-    return int(self._order[k]) if k < self._n else 0  # Padding: copies of example 0.
+    return int(self._order[k]) if k < self._n else 0  # Padding rows read example 0.
 
-  def map(self, k: int) -> tuple[dict, int]:
-    s = k // self._gb
+  def __call__(self, row: pipeline.EvalRow, rng: np.random.Generator) -> dict:
+    del rng
+    s = row.position // self._gb
     longest = max(int(self._lengths[self._index(j)])
                   for j in range(s * self._gb, (s + 1) * self._gb))
-    index = self._index(k)
-    ex = transform_record(self._source[index], index, seed=self._seed, annotator=self._annotator)
-    ex["_mask"] = np.bool_(k < self._n)
-    return ex, bucket_length(longest, self._buckets)
+    ex = transform_record(row.record, row.index, seed=self._seed, annotator=self._annotator)
+    ex["_bucket"] = bucket_length(longest, self._buckets)
+    return ex
 
 
 def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
@@ -346,27 +348,26 @@ def eval_batches(source: Any, *, global_batch_size: int, process_index: int,
                  annotator: str | int = "random", seed: int = 0,
                  lengths: Sequence[int] | None = None, sort_by_length: bool = False,
                  read_threads: int | None = None,
-                 prefetch_batches: int = _DEFAULT_PREFETCH_BATCHES) -> Iterator[dict]:
-  """Per-process bucketed eval batches covering every example exactly once.
+                 prefetch_batches: int = pipeline.DEFAULT_PREFETCH_BATCHES) -> Iterator[dict]:
+  """Per-process bucketed eval batches covering every example exactly once
+  (pipeline.padded_eval_batches: padding copies example 0 with "_mask" False).
 
-  Source order (or ascending length with `sort_by_length`, which pads less). The last global
-  batch is padded with copies of example 0 ("_mask" False); every process yields the same
-  number of batches; process p gets rows [p*b, (p+1)*b) of each global batch. `annotator` and
-  `seed` only matter for splits with points.
+  Source order, or ascending length with `sort_by_length` (pads less). `annotator` and `seed`
+  only matter for splits with points.
   """
   n = len(source)
   if n == 0:
     raise ValueError("eval source is empty")
   buckets = check_buckets(buckets)
   annotator = check_annotator(annotator)
-  local_bs = _per_process_batch(global_batch_size, process_count)
+  pipeline.per_process_batch(global_batch_size, process_count)  # before reading every length
   lengths = _checked_lengths(source, lengths, buckets)
   order = (np.argsort(lengths, kind="stable") if sort_by_length else np.arange(n)).astype(np.int64)
-  total = num_eval_batches(n, global_batch_size) * global_batch_size
-  element = _EvalElement(source, order, lengths, buckets, global_batch_size, seed, annotator)
-  ds = (grain.MapDataset.range(total).map(element)
-        .batch(local_bs, drop_remainder=True, batch_fn=_pad_elements)[process_index::process_count])
-  return iter(ds.to_iter_dataset(_read_options(read_threads, prefetch_batches, 0)))
+  element = _EvalElement(order, lengths, buckets, global_batch_size, seed, annotator)
+  return pipeline.padded_eval_batches(
+      source, element, global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, order=order, batch_fn=_pad_elements,
+      read_threads=read_threads, prefetch_batches=prefetch_batches)
 
 
 _INFO: dict[int, tuple[Any, dict[int, dict]]] = {}
@@ -392,7 +393,7 @@ def video_info(source: Any, index: int) -> dict:
   return cache[index]
 
 
-# ------------------------------------------------------------------------------ sources
+# ------------------------------------------------------------------------------ family
 
 
 _SYNTHETIC_SIZES = ("num_train", "num_test", "min_snippets", "max_snippets")
@@ -416,67 +417,32 @@ def _synthetic_kwargs(ds) -> dict:
   return kw
 
 
-def raw_dir(ds) -> str:
-  tag = knobs = None
-  if ds.name in SYNTHETIC and not ds.get("manual_dir", ""):
-    kw = _synthetic_kwargs(ds)
-    tag = (f"seed{kw['seed']}_n{kw['num_train']}x{kw['num_test']}"
-           f"_t{kw['min_snippets']}-{kw['max_snippets']}")
-    knobs = {k: kw[k] for k in _SYNTHETIC_KNOBS if k in kw}
-  return sources.dataset_raw_dir(ds, tag, knobs)
+def _synthetic_folder(ds) -> tuple[str, dict]:
+  kw = _synthetic_kwargs(ds)
+  tag = (f"seed{kw['seed']}_n{kw['num_train']}x{kw['num_test']}"
+         f"_t{kw['min_snippets']}-{kw['max_snippets']}")
+  return tag, {k: kw[k] for k in _SYNTHETIC_KNOBS if k in kw}
 
 
-def tfds_dir(ds) -> str:
-  return sources.dataset_tfds_dir(ds, raw_dir(ds))
+def _generator_kwargs(ds) -> dict:
+  return dict(verbose=False, **_synthetic_kwargs(ds))
 
 
 def _builder_options(ds) -> dict:
-  if ds.name not in SYNTHETIC + REAL:
-    raise UserError(f"dataset.name: unknown TSL dataset {ds.name!r}; known: "
-                    f"{', '.join(SYNTHETIC + REAL)}")
   ext = ds.get("extraction", None)
   return dict(ext.to_dict() if hasattr(ext, "to_dict") else (ext or {}))
 
 
-def _build(ds, **kwargs):
-  from data_pipelines.builders import tsl300  # pylint: disable=g-import-not-at-top
-  with sources.build_errors(ds.name, tsl300.RawLayoutError, tsl300.TSLConfigError,
-                            data=tfds_dir(ds)):
-    return tsl300.build_tsl300(raw_dir(ds), tfds_dir(ds), _builder_options(ds), **kwargs)
-
-
-def prepare_tsl(ds) -> None:
-  """Generates (synthetic only) and builds the dataset if not done yet. Process 0 only."""
-  raw = raw_dir(ds)
-  if ds.name in SYNTHETIC:
-    if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
-      raise PathNotFound(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
-    from data_pipelines.synthetic import untrimmed  # pylint: disable=g-import-not-at-top
-    try:
-      untrimmed.generate_tsl_style(raw, verbose=False, **_synthetic_kwargs(ds))
-    except ValueError as e:
-      raise UserError(f"dataset.synthetic: {e}") from e
-  elif ds.name not in REAL:
-    raise UserError(f"dataset.name: unknown TSL dataset {ds.name!r}; known: "
-                    f"{', '.join(SYNTHETIC + REAL)}")
-  if not os.path.isdir(raw):
-    raise PathNotFound(f"dataset: raw data folder {raw} does not exist; put the TSL-300 release "
-                       "(dataset/VideoSenti) there or set --config.dataset.manual_dir")
-  os.makedirs(tfds_dir(ds), exist_ok=True)
-  _build(ds, progress=False)
+FAMILY = families.DatasetFamily(
+    synthetic=SYNTHETIC, real=REAL, noun="TSL dataset",
+    builder="data_pipelines.builders.tsl300:build_tsl300",
+    builder_errors=("RawLayoutError", "TSLConfigError"), builder_options=_builder_options,
+    generator="data_pipelines.synthetic.untrimmed:generate_tsl_style",
+    generator_kwargs=_generator_kwargs, synthetic_folder=_synthetic_folder,
+    raw_hint="put the TSL-300 release (dataset/VideoSenti) there",
+    title="TSL-300", splits=("train", "test"))
 
 
 def tsl_source(ds, split: str):
-  """The random-access source of one split ("train" or "test"; records as in the builder)."""
-  if split not in ("train", "test"):
-    raise UserError(f"TSL-300 has the splits train and test, not {split!r}")
-  return sources.open_split(ds, split, tfds_dir(ds), lambda: _build(ds, build=False),
-                            "build it")
-
-
-def make_sources(ds, splits: Sequence[str] = ("train", "test"), *,
-                 prepare: bool = True) -> dict[str, Any]:
-  """{split: source}; with `prepare`, generates (synthetic) and builds first if needed."""
-  if prepare:
-    prepare_tsl(ds)
-  return {s: tsl_source(ds, s) for s in splits}
+  """The random-access source of one split (the method's evaluation reads video facts from it)."""
+  return families.open_source(FAMILY, ds, split)

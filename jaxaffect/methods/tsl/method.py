@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxaffect import evaluators
 from jaxaffect import method as base
 from jaxaffect.evaluation import localization
 from jaxaffect.methods.tsl import loss as tsl_loss
@@ -42,6 +43,37 @@ log = logging.getLogger(__name__)
 LOSS_TERMS = ("video", "frame", "background", "pseudo_action", "cpc")
 CLASS_NAMES = ("n", "p")   # config.class_dict of the original: 0 -> 'n', 1 -> 'p'
 EVAL_SUBDIR = "eval_outputs"
+
+
+@evaluators.register("tsl_localization")
+def localization_evaluator(outputs, fields, *, method, subset: str = "test") -> dict:
+  """The `tsl_localization` evaluator: each test video's fused scores and video score go
+  through the original's post-processing (`config.postprocess`) to ActivityNet results,
+  scored by evaluation/localization.py; the JSON files and scores are written below the
+  workdir (Method.write_outputs)."""
+  src = method.source(subset)
+  pp = dict(method.config.get("postprocess", {}) or {})
+  fused_all, vscore_all = outputs["cas_sigmoid_fuse"], outputs["video_score"]
+  results, database, scores = {}, {}, {}
+  for i, (index, length) in enumerate(zip(fields["index"], fields["length"])):
+    info = method.pipeline().video_info(src, int(index))
+    vid = info["video_id"]
+    fused = np.asarray(fused_all[i])[:int(length)]
+    vscore = np.asarray(vscore_all[i])
+    results[vid] = tsl_postprocess.postprocess_video(fused, vscore, float(info["fps"]), **pp)
+    database[vid] = {"subset": subset, "duration": float(info["duration"]),
+                     "annotations": [{"segment": [float(s), float(e)],
+                                      "label": CLASS_NAMES[int(c)]}
+                                     for (s, e), c in zip(info["segments"],
+                                                          info["segment_labels"])]}
+    scores[vid] = (fused, vscore, float(info["fps"]))
+  gt = {"database": database}
+  pred = tsl_postprocess.results_json(results)
+  metrics = localization.evaluate_detection(gt, pred, subset=subset)
+  method.write_outputs(gt, pred, scores)
+  keep = {k: v for k, v in metrics.items() if isinstance(v, float)}
+  keep["num_videos"] = float(len(database))
+  return keep
 
 
 class Method(base.Method):
@@ -123,32 +155,7 @@ class Method(base.Method):
                            train=False)
     return {"cas_sigmoid_fuse": out["cas_sigmoid_fuse"], "video_score": out["video_score"]}
 
-  def eval_metrics(self, outputs, labels):
-    src = self._source("test")
-    pp = dict(self.config.get("postprocess", {}) or {})
-    fused_all, vscore_all = outputs["cas_sigmoid_fuse"], outputs["video_score"]
-    results, database, scores = {}, {}, {}
-    for i, (index, length) in enumerate(zip(labels["index"], labels["length"])):
-      info = self._pipeline().video_info(src, int(index))
-      vid = info["video_id"]
-      fused = np.asarray(fused_all[i])[:int(length)]
-      vscore = np.asarray(vscore_all[i])
-      results[vid] = tsl_postprocess.postprocess_video(fused, vscore, float(info["fps"]), **pp)
-      database[vid] = {"subset": "test", "duration": float(info["duration"]),
-                       "annotations": [{"segment": [float(s), float(e)],
-                                        "label": CLASS_NAMES[int(c)]}
-                                       for (s, e), c in zip(info["segments"],
-                                                            info["segment_labels"])]}
-      scores[vid] = (fused, vscore, float(info["fps"]))
-    gt = {"database": database}
-    pred = tsl_postprocess.results_json(results)
-    metrics = localization.evaluate_detection(gt, pred, subset="test")
-    self._write_outputs(gt, pred, scores)
-    keep = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    keep["num_videos"] = float(len(database))
-    return keep
-
-  def _write_outputs(self, gt, pred, scores) -> None:
+  def write_outputs(self, gt, pred, scores) -> None:
     if not self.workdir or jax.process_index() != 0:
       return
     out = os.path.join(self.workdir, EVAL_SUBDIR)
@@ -169,30 +176,31 @@ class Method(base.Method):
 
   # ---- data ----------------------------------------------------------------------------------
   @staticmethod
-  def _pipeline():
+  def pipeline():
     from jaxaffect.methods.tsl import data as tsl_pipeline  # deferred: grain
     return tsl_pipeline
 
-  def _source(self, split: str):
+  def source(self, split: str):
     cache = self.__dict__.setdefault("_sources", {})
     if split not in cache:
-      cache[split] = self._pipeline().tsl_source(self.config.dataset, split)
+      cache[split] = self.pipeline().tsl_source(self.config.dataset, split)
     return cache[split]
 
   def prepare_data(self):
-    self._pipeline().prepare_tsl(self.config.dataset)
+    from jaxaffect.data import families
+    families.prepare(self.pipeline().FAMILY, self.config.dataset)
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
     ds = self.config.dataset
-    return iter(self._pipeline().train_dataset(
-        self._source("train"), seed=seed, global_batch_size=global_batch_size,
+    return iter(self.pipeline().train_dataset(
+        self.source("train"), seed=seed, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count,
         buckets=tuple(ds.buckets), annotator=ds.annotator,
         group_by_length=int(ds.get("group_by_length", 0))))
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
-    return self._pipeline().eval_batches(
-        self._source("test"), global_batch_size=global_batch_size,
+    return self.pipeline().eval_batches(
+        self.source("test"), global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count,
         buckets=tuple(self.config.dataset.buckets),
         sort_by_length=True)  # less padding; metrics do not depend on the order

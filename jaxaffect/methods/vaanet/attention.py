@@ -33,7 +33,8 @@ from jaxaffect import checkpointing, config_lib
 from jaxaffect import sharding as shd
 from jaxaffect import steps as steps_lib
 from jaxaffect import trainer
-from jaxaffect.data import sources, video_transforms
+from jaxaffect.data import video_emotion as video_emotion_family  # not the builder module
+from jaxaffect.data import video_transforms
 from jaxaffect.errors import PathNotFound, UserError
 from jaxaffect.methods.vaanet.model import VAANet
 from jaxaffect.nn.resnet3d import ResNet3D
@@ -99,7 +100,7 @@ def decode_video(config, video_path: str, method) -> dict[str, np.ndarray]:
   from data_pipelines.builders import video_emotion
   if not os.path.isfile(video_path):
     raise PathNotFound(f"--video: {video_path} does not exist")
-  kw = sources.extraction_kwargs(config.dataset)
+  kw = video_emotion_family.extraction_kwargs(config.dataset)
   kw["split_index"] = kw.pop("split", 1)
   kw["no_audio_policy"] = "zeros"  # a silent video still gets a figure
   known = {f.name for f in dataclasses.fields(video_emotion.VideoEmotionConfig)}

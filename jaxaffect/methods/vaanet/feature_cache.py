@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from jaxaffect import config_lib
 from jaxaffect import converted_checkpoint as convert_store
-from jaxaffect.data import sources, video_transforms
+from jaxaffect.data import families, video_emotion, video_transforms
 from jaxaffect.errors import PathNotFound, UserError
 from jaxaffect.methods.vaanet.model import normalize_video
 from jaxaffect.nn.resnet3d import ResNet3D
@@ -52,7 +52,7 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
   """Extracts backbone features for the train split (`views` views) and the eval split (1)."""
   if config.model.get("visual_input", "frames") != "frames":
     raise UserError("build the cache with config.model.visual_input='frames'")
-  sources.prepare_video_emotion(config.dataset)
+  families.prepare(video_emotion.FAMILY, config.dataset)
   m = config.model
   net = ResNet3D(int(m.visual_depth), int(m.visual_width),
                  conv1_t_size=int(m.get("conv1_t_size", 7)), conv_impl=m.conv_impl)
@@ -87,7 +87,7 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
   tcfg = video_transforms.TransformConfig.create({k: ds[k] for k in names if k in ds})
   for split, n_views, train in (("train", views, True),
                                 (ds.get("eval_split", "test"), 1, False)):
-    src = sources.video_emotion_source(ds, split)
+    src = families.open_source(video_emotion.FAMILY, ds, split)
     n = len(src)
     d = _split_dir(out_dir, split)
     if os.path.exists(os.path.join(d, "meta.json")):

@@ -15,7 +15,6 @@ import optax
 
 from jaxaffect import config_lib
 from jaxaffect.errors import UserError
-from jaxaffect.evaluation import classification
 from jaxaffect import method as base
 from jaxaffect.methods.vaanet import model as vaanet_model
 
@@ -102,11 +101,6 @@ class Method(base.Method):
                            train=False)
     return {"logits": out["logits"].astype(jnp.float32)}
 
-  def eval_metrics(self, outputs, labels):
-    return classification.classification_metrics(
-        outputs["logits"], labels["label"], num_classes=int(self.config.dataset.num_classes),
-        polarity=self.polarity, class_names=tuple(self.config.dataset.get("class_names", ())))
-
   # ---- data ------------------------------------------------------------------------------------
   def _feature_cache(self, split):
     from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
@@ -118,8 +112,8 @@ class Method(base.Method):
   def prepare_data(self):
     if self.visual_input == "features":
       return  # the cache was built beforehand (python -m jaxaffect.methods.vaanet.feature_cache)
-    from jaxaffect.data import sources  # deferred: grain + media stack
-    sources.prepare_video_emotion(self.config.dataset)
+    from jaxaffect.data import families, video_emotion
+    families.prepare(video_emotion.FAMILY, self.config.dataset)
 
   # Data modules are imported where used: model-only uses (summary, step benchmarks, converters)
   # need neither grain nor the media stack.
@@ -130,14 +124,14 @@ class Method(base.Method):
     return video_transforms.TransformConfig.create({k: ds[k] for k in names if k in ds})
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
-    from jaxaffect.data import pipeline, sources  # deferred: grain + media stack
+    from jaxaffect.data import families, pipeline, video_emotion  # deferred: grain + media stack
     ds = self.config.dataset
     if self.visual_input == "features":
       from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
       return feature_cache.train_iterator(
           self._feature_cache("train"), seed=seed, global_batch_size=global_batch_size,
           process_index=process_index, process_count=process_count)
-    src = sources.video_emotion_source(ds, "train")
+    src = families.open_source(video_emotion.FAMILY, ds, "train")
     dataset = pipeline.train_dataset(
         src, transform_cfg=self.transform_config(), seed=seed, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count,
@@ -145,13 +139,14 @@ class Method(base.Method):
     return iter(dataset)
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
-    from jaxaffect.data import pipeline, sources  # deferred: grain + media stack
+    from jaxaffect.data import families, pipeline, video_emotion  # deferred: grain + media stack
     ds = self.config.dataset
     if self.visual_input == "features":
       from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
       return feature_cache.eval_batches(
           self._feature_cache(ds.get("eval_split", "test")), global_batch_size=global_batch_size,
           process_index=process_index, process_count=process_count)
-    src = sources.video_emotion_source(ds, ds.get("eval_split", "test"))
-    return pipeline.eval_batches(src, transform_cfg=self.transform_config(), global_batch_size=global_batch_size,
+    src = families.open_source(video_emotion.FAMILY, ds, ds.get("eval_split", "test"))
+    return pipeline.eval_batches(src, transform_cfg=self.transform_config(),
+                                 global_batch_size=global_batch_size,
                                  process_index=process_index, process_count=process_count)

@@ -1,0 +1,53 @@
+"""The video-emotion dataset family (data_pipelines/builders/video_emotion.py), shared by the
+methods that train on VideoEmotion-8 or Ekman-6 clips; prepared and opened by families.py.
+
+  "synthetic_ve8"  generated on first use (data_pipelines/synthetic/affect_world.py), VE-8 layout.
+  "ve8"     VideoEmotion-8 as downloaded: <Class>/<name>.<ext> plus split lists or the split
+            workbook; `dataset.split` picks one of the 10 official splits.
+  "ekman6"  Ekman-6: <class>/<id>.<ext> plus CTEN's ID lists (else the alternating rule);
+            one split.
+`dataset.split_file` (optional) names the lists' folder or the .xlsx, relative to the raw folder.
+"""
+from __future__ import annotations
+
+from jaxaffect.data import families
+from jaxaffect.errors import UserError
+
+SYNTHETIC = ("synthetic_ve8",)
+REAL = ("ve8", "ekman6")
+_LAYOUT = {"synthetic_ve8": "ve8", "ve8": "ve8", "ekman6": "ekman6"}
+
+
+def extraction_kwargs(ds) -> dict:
+  """The builder's settings: `dataset.extraction` plus the split, layout and split file."""
+  kw = dict(ds.extraction.to_dict())
+  kw["split"] = int(ds.get("split", 1))
+  if not kw.get("fps"):
+    kw["fps"] = None  # 0 in the config = native frame rate
+  families.check_name(FAMILY, ds)
+  kw["layout"] = _LAYOUT[ds.name]
+  if ds.get("split_file", ""):
+    kw["split_file"] = str(ds.split_file)
+  return kw
+
+
+def _synthetic_folder(ds) -> tuple[str, None]:
+  syn = ds.synthetic
+  return f"seed{syn.seed}_n{syn.num_train_per_class}x{syn.num_test_per_class}", None
+
+
+def _generator_kwargs(ds) -> dict:
+  syn = ds.synthetic
+  return dict(seed=int(syn.seed), num_train_per_class=int(syn.num_train_per_class),
+              num_test_per_class=int(syn.num_test_per_class))
+
+
+FAMILY = families.DatasetFamily(
+    synthetic=SYNTHETIC, real=REAL, noun="dataset",
+    builder="data_pipelines.builders.video_emotion:build_video_emotion",
+    builder_errors=("RawLayoutError", "ExtractionConfigError"),
+    builder_options=extraction_kwargs,
+    generator="data_pipelines.synthetic.affect_world:generate_ve8_style",
+    generator_kwargs=_generator_kwargs, synthetic_folder=_synthetic_folder,
+    raw_hint="download the dataset there", how="run the extraction",
+    progress=True)  # Real video sets take minutes to extract.
