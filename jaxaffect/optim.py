@@ -1,13 +1,8 @@
 """Optax optimizer and learning-rate schedule built from the config.
 
-config.optimizer: name (adam | adamw | sgd), learning_rate, weight_decay, b1, b2, eps, momentum,
-  nesterov, grad_clip_norm (0 = off), lr_multipliers (list of [regex, factor]), multi_steps
-  (k > 1: optax.MultiSteps, one optimizer update per k train steps with their mean gradient;
-  schedules then count optimizer updates, total_steps // k of them).
-config.schedule: name (constant | cosine | warmup_cosine | linear | step), warmup_steps,
-  end_factor, boundaries/factors for "step".
-config.frozen_params: regexes over "/"-joined parameter paths whose updates are zeroed (frozen
-  backbones); their optimizer state is never allocated.
+The keys (config.optimizer, config.schedule, config.frozen_params) and what they do: README.md,
+section "Optimizer and schedule"; multi_steps with loss weights: docs/architecture.md,
+"Accumulation".
 """
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """BPM-GCN: exact parameter counts, graph, the 31 affective features and motion channels against
 independent NumPy code, fusion variants, and converter parity with a PyTorch reference in the
-released state_dict layout (tests/torch_reference_bpmgcn.py)."""
-import os
-import sys
-
+released state_dict layout (jaxaffect/methods/bpmgcn/torch_reference.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -157,9 +154,8 @@ def test_motion_channels_equal_float64_preprocessing_to_float32_noise():
 # ---- converter parity --------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference_bpmgcn import BPMGCNRef  # noqa: E402
-from torch_reference import randomize_  # noqa: E402
+from jaxaffect.methods.bpmgcn.torch_reference import BPMGCNRef  # noqa: E402
+from jaxaffect.convert.torch_reference import randomize_  # noqa: E402
 
 from jaxaffect.convert import __main__ as cli  # noqa: E402
 from jaxaffect import converted_checkpoint as store
@@ -225,7 +221,7 @@ def test_converter_parity_cli_code_fusion(tmp_path):
 
 def test_pm_fusion_variants_match_reference():
   """Both fusion forwards ("code" cascaded, "paper" product) against the reference Fusion."""
-  from torch_reference_bpmgcn import Fusion
+  from jaxaffect.methods.bpmgcn.torch_reference import Fusion
   from jaxaffect.methods.bpmgcn.model import PMFusion
   rs = np.random.RandomState(5)
   xp, xm = (rs.randn(2, 4, 16, 8).astype(np.float32) for _ in range(2))   # [B, T, V, C]

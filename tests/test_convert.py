@@ -1,6 +1,7 @@
 """Converters: the torch-free .pth reader, key mapping (strict, every key accounted for), the
 partial-tree merge used by init_from, and numerical parity with PyTorch forwards of the original
-architectures (tests/torch_reference.py) in eval mode with random weights and BN statistics."""
+architectures (jaxaffect/convert/torch_reference.py, jaxaffect/methods/vaanet/torch_reference.py)
+in eval mode with random weights and BN statistics."""
 import os
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from jaxaffect.convert.keymap import ConversionError  # noqa: E402
 from jaxaffect.nn.resnet2d import ResNet2D  # noqa: E402
 from jaxaffect.nn.resnet3d import ResNet3D  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import (HaraResNet3D, TorchvisionResNet, VAANetRef,  # noqa: E402
-                             randomize_)
+from jaxaffect.convert.torch_reference import (HaraResNet3D, TorchvisionResNet,  # noqa: E402
+                                               randomize_)
+from jaxaffect.methods.vaanet.torch_reference import VAANetRef  # noqa: E402
 
 torch.set_num_threads(2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,8 @@
 """Converter parity in train mode: batch-statistics BatchNorm and the backward pass. For the same
-weights (tests/torch_reference.py), the converted Hara 3D ResNet and VAANet give PyTorch's
-train-mode outputs, updated BN running statistics and parameter gradients. Torch's gradients
-go through the converter itself, which lays them out as the Flax tree (grad_parity.py).
+weights (jaxaffect/convert/torch_reference.py, jaxaffect/methods/vaanet/torch_reference.py),
+the converted Hara 3D ResNet and VAANet give PyTorch's train-mode outputs, updated BN running
+statistics and parameter gradients. Torch's gradients go through the converter itself, which
+lays them out as the Flax tree (grad_parity.py).
 
 Two passes per model. float32, the dtype that trains: outputs within 1e-4 and statistics within
 2e-5 of each leaf's largest magnitude (measured <= 6.5e-6 and <= 2.6e-6: ~10x left for other
@@ -40,7 +41,8 @@ from jaxaffect.nn.resnet3d import ResNet3D  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from grad_parity import (grad_state_dict, max_scaled_diff, scaled_grad_diffs,  # noqa: E402
                          to_float64)
-from torch_reference import HaraResNet3D, VAANetRef, randomize_  # noqa: E402
+from jaxaffect.convert.torch_reference import HaraResNet3D, randomize_  # noqa: E402
+from jaxaffect.methods.vaanet.torch_reference import VAANetRef  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_TOL, STAT_TOL, GRAD_FLOOR = 1e-4, 2e-5, 1e-3

@@ -1,5 +1,5 @@
 """The demo's smoke variant as a user runs it: sharded == single device, kill -9 and resume is
-bit-exact, two processes equal one, configs load."""
+bit-exact, configs load (two processes: test_multiprocess.py)."""
 import glob
 import json
 import os
@@ -105,32 +105,3 @@ def test_kill9_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
   assert r.returncode == 0, r.stderr[-2000:]
   evaluated = json.loads(r.stdout.strip().splitlines()[-1].split("results: ", 1)[1])
   assert evaluated["eval/top1"] == results["eval/top1"]
-
-
-def test_two_processes_equal_one_and_restore(tmp_path, data_dir):
-  extra = ["--config.total_steps=5", "--config.checkpoint.every_steps=5"]
-  one = tmp_path / "one"
-  subprocess.run(_cmd(one, data_dir, *extra), cwd=ROOT, env=_env(), check=True,
-                 capture_output=True, timeout=600)
-  two = tmp_path / "two"
-  env = dict(_env(), CPU_DEVICES_PER_PROCESS="2", PYTHON=sys.executable)
-  env.pop("XLA_FLAGS")
-  r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir, *extra)[3:]],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  a, b = _train_losses(one), _train_losses(two)
-  assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5]
-  np.testing.assert_allclose([l for _, l in b], [l for _, l in a], rtol=1e-5)
-  assert sorted(f for f in os.listdir(two / "checkpoints" / "5" / "data_iter")
-                if f.endswith(".json")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
-  # Restore across the two processes and train on (a deliberate change: recorded).
-  r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir,
-                      "--config.total_steps=7", "--config.checkpoint.every_steps=5",
-                      "--config.resume_changes=allow")[3:]],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  steps_logged = [s for s, _ in _train_losses(two)]
-  assert steps_logged == [1, 2, 3, 4, 5, 6, 7]
-  history = json.load(open(two / "config.json"))["_resume_history"]
-  assert [h["changes"] for h in history] == [{"total_steps": [5, 7]}]

@@ -31,9 +31,10 @@ RUN_BY = {
     "jaxaffect.tools.best_over_evals": ("test_bpmgcn_protocol.py",
                                         '"-m", "jaxaffect.tools.best_over_evals"'),
     "jaxaffect.tools.sweep": ("test_sweep.py", "sweep.main(["),
+    "jaxaffect.tools.versus": ("test_versus.py", "versus.main(["),
     "data_pipelines.synthetic": ("test_synthetic.py", "cli.main(args)"),
     "pytest": (None, None),  # the CI runs it
-    "launch/local.sh": ("test_end_to_end.py", '"launch/local.sh"'),
+    "launch/local.sh": ("test_multiprocess.py", '"launch/local.sh"'),
 }
 
 

@@ -1,5 +1,6 @@
 """TSL-Net losses: the vectorised seed search equals a loop transcription of the released
-`utils.select_seed_act_score`; loss terms against direct NumPy formulas; torch parity of the
+`utils.select_seed_act_score` (tsl_loss.select_seeds_loop, which the versus tool's PyTorch step
+runs); loss terms against direct NumPy formulas; torch parity of the
 frame/background/video terms when torch is installed."""
 import numpy as np
 import pytest
@@ -8,66 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxaffect.methods.tsl import loss as tsl_loss
-
-
-def loop_seeds(p, y, thresh=0.95):
-  """A step-by-step NumPy transcription of the original loop for one video (all frames real).
-
-  p: [T, 3] float32, y: [T, 3]. Values are float32 like the torch tensors."""
-  p = p.astype(np.float32)
-  agn = y.max(1)
-  bkg = np.zeros(len(p), np.float32)
-  act = y.copy()
-  bg = p[:, -1]
-  pts = np.nonzero(agn)[0]
-  T = len(p)
-
-  def grow(j):
-    if bg[j] <= p[j, :-1].max() and bkg[j] < 1:
-      act[j] = p[j]
-      return True
-    return False
-
-  if pts[0] > 0:
-    reg = bg[:pts[0]]
-    view = bkg[:pts[0]]
-    view[reg >= thresh] = reg.max()
-    if view.sum(dtype=np.float32) >= 1:
-      view[:np.nonzero(view)[0][-1]] = reg.max()
-    else:
-      view[:reg.argmax() + 1] = reg.max()
-    for j in range(pts[0] - 1, -1, -1):
-      if not grow(j):
-        break
-  if pts[-1] < T - 1:
-    reg = bg[pts[-1] + 1:]
-    view = bkg[pts[-1] + 1:]
-    view[reg >= thresh] = reg.max()
-    if view.sum(dtype=np.float32) >= 1:
-      view[np.nonzero(view)[0][0]:] = reg.max()
-    else:
-      view[reg.argmax():] = reg.max()
-    for j in range(pts[-1] + 1, T):
-      if not grow(j):
-        break
-  for i in range(len(pts) - 1):
-    if pts[i + 1] - pts[i] <= 1:
-      continue
-    reg = bg[pts[i] + 1:pts[i + 1]]
-    view = bkg[pts[i] + 1:pts[i + 1]]
-    view[reg >= thresh] = reg.max()
-    if view.sum(dtype=np.float32) >= 2:
-      nz = np.nonzero(view)[0]
-      view[nz[0] + 1:nz[-1]] = reg.max()
-    else:
-      view[reg.argmax()] = reg.max()
-    for j in range(pts[i] + 1, pts[i + 1]):
-      if not grow(j):
-        break
-    for j in range(pts[i + 1] - 1, pts[i], -1):
-      if not grow(j):
-        break
-  return act, bkg
 
 
 def _random_video(rng, T, num_points, bg_high):
@@ -103,7 +44,7 @@ def test_seed_search_matches_loop(seed):
   act, bkg = np.asarray(act), np.asarray(bkg)
   for b in range(B):
     T = lengths[b]
-    ref_act, ref_bkg = loop_seeds(p[b, :T], y[b, :T])
+    ref_act, ref_bkg = tsl_loss.select_seeds_loop(p[b, :T], y[b, :T])
     np.testing.assert_array_equal(bkg[b, :T], ref_bkg, err_msg=f"video {b} background seeds")
     np.testing.assert_array_equal(act[b, :T], ref_act, err_msg=f"video {b} act seeds")
     assert not bkg[b, T:].any() and not act[b, T:].any()

@@ -1,7 +1,6 @@
 """TSL-Net model: parameter counts of the released architecture, padding invariance, and
 converter parity against a PyTorch forward of the same weights (original key layout)."""
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -66,9 +65,8 @@ def test_padding_does_not_change_real_outputs():
 
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.dirname(__file__))
-from torch_reference import randomize_  # noqa: E402
-from torch_reference_tsl import Model as TorchTSL  # noqa: E402
+from jaxaffect.convert.torch_reference import randomize_  # noqa: E402
+from jaxaffect.methods.tsl.torch_reference import Model as TorchTSL  # noqa: E402
 
 
 def _torch_model(seed=0):
@@ -141,7 +139,7 @@ def test_converter_names_unknown_and_missing_keys(tmp_path):
 def test_positional_encoding_equals_the_originals_table():
   """The original builds positionalencoding1d(60, 4000) in torch float32; ours matches it to
   1 ulp of sin/cos (the frequencies exactly), at every step up to 4000."""
-  from torch_reference_tsl import step_encoding
+  from jaxaffect.methods.tsl.torch_reference import step_encoding
   ref = step_encoding(60, tsl_model.PE_LENGTH).numpy()
   got = tsl_model.positional_encoding(60, tsl_model.PE_LENGTH)
   assert got.dtype == np.float32 and got.shape == ref.shape

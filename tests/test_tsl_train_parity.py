@@ -1,5 +1,5 @@
-"""TSL-Net converter parity in train mode: for the same weights (tests/torch_reference_tsl.py,
-narrow widths, dropout 0), the converted model gives PyTorch's train-mode outputs (CAS, fused
+"""TSL-Net converter parity in train mode: for the same weights
+(jaxaffect/methods/tsl/torch_reference.py, narrow widths, dropout 0), the converted model gives PyTorch's train-mode outputs (CAS, fused
 scores, top-k video scores, CPC), updated audio-CNN BatchNorm statistics and parameter
 gradients of a loss over all of them. Torch's gradients go through the converter itself.
 
@@ -33,8 +33,8 @@ from jaxaffect.methods.tsl import model as tsl_model  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from grad_parity import (grad_state_dict, max_scaled_diff, scaled_grad_diffs,  # noqa: E402
                          to_float64)
-from torch_reference import randomize_  # noqa: E402
-from torch_reference_tsl import Model as TorchTSL  # noqa: E402
+from jaxaffect.convert.torch_reference import randomize_  # noqa: E402
+from jaxaffect.methods.tsl.torch_reference import Model as TorchTSL  # noqa: E402
 
 # Tiny shapes: LLVM at -O1 compiles these graphs in ~60% of the time and runs them as fast.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 1})

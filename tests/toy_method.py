@@ -168,3 +168,36 @@ def train_losses(method, config, devices, n: int = 5):
                               jax.random.key(0))
       losses.append(float(m["loss"]))
   return np.array(losses), state
+
+
+# ---- python -m jaxaffect.tools.versus (tests/test_versus.py) ------------------------------------
+
+def versus_batch(config, example, rng):
+  del config
+  return {"x": rng.standard_normal(example["x"].shape).astype(np.float32),
+          "label": rng.integers(0, 4, example["label"].shape).astype(np.int32)}
+
+
+def versus_reference(config, method, batch, ctx):
+  """ToyModel's PyTorch twin with cross-entropy and the config's optimizer."""
+  del method
+  import torch  # the test extra; the other toy tests run without it
+  h = int(config.model.get("hidden", 32))
+  net = torch.nn.Sequential(torch.nn.Linear(16, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(),
+                            torch.nn.Linear(h, 4)).to(ctx.device)
+  x, y = ctx.tensor(batch["x"]), ctx.tensor(batch["label"]).long()
+  opt = ctx.optimizer(net.named_parameters())
+
+  def train():
+    net.train()
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    ctx.update(opt, net.parameters())
+
+  def evaluate():
+    net.eval()
+    with torch.inference_mode():
+      return net(x)
+
+  return {"train": train, "eval": evaluate, "recipe": f"toy MLP, {ctx.describe_optimizer(opt)}",
+          "module": net}

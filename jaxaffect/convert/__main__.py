@@ -1,5 +1,6 @@
-"""CLI: python -m jaxaffect.convert {hara3d, torchvision-resnet, inspect, <method converters>}
-(see jaxaffect/convert/__init__.py for usage)."""
+"""CLI: python -m jaxaffect.convert {hara3d, torchvision-resnet, inspect, <method converters>}.
+
+Usage: README.md, section "VAANet at paper fidelity" (pretrained weights), and `--help`."""
 from __future__ import annotations
 
 import argparse

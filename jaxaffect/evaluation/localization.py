@@ -1,15 +1,7 @@
 """Temporal localization (detection) metrics in the ActivityNet format (no model, no trainer).
 
-  python -m jaxaffect.evaluation.localization --ground-truth GT.json --predictions PRED.json \
-      [--subset validation] [--tiou 0.1,0.15,0.2,0.25,0.3] [--unknown-videos false-positive]
-
-Inputs (files or, from Python, the parsed dicts):
-  ground truth  {"database": {vid: {"subset": S, "annotations": [{"segment": [s, e],
-                 "label": L}, ...]}, ...}}   (s, e: seconds, numbers or numeric strings)
-  predictions   {"results": {vid: [{"segment": [s, e], "label": L, "score": x}, ...], ...}}
-
-Only the videos of one subset are evaluated (`subset`, default "validation"; TSL-300's gt.json
-uses "train"/"test"). The classes are the labels of that subset's annotations.
+Command line, the input and output formats (keys), and the behaviour where the original code
+is undefined or crashes: README.md, section "TSL-Net" (Stand-alone evaluator).
 
 The average precision is the ActivityNet detection evaluator's (Evaluation/eval_detection.py, as
 also used by TSL-Net's eval/eval_detection.py): for each class and each tIoU threshold t, the
@@ -28,34 +20,6 @@ tsl_mean_curve_recall@t / tsl_mean_curve_precision@t; tsl_mean_curve_f2@t = 5PR 
 those two averages; the "@AVG" keys average the per-threshold values over the thresholds (for F2,
 the mean of the per-threshold F2s, as TSL's best_record does). These reproduce the Recall/F2
 columns of the TSL-Net paper; they are not standard detection recall/F-scores.
-
-Output keys: "mAP@0.10" ... (threshold printed with 2 decimals, or more when needed),
-"average_mAP", "AP/<label>@<t>" and "average_AP/<label>" (mean over thresholds; TSL's
-"average nAP/pAP", here named by the real label: TSL's logs swap them, since its class index
-follows first appearance in gt.json, p before n), the tsl_mean_curve_* keys, and bookkeeping:
-subset, classes, tiou_thresholds, num_videos, num_ground_truth, num_predictions (used),
-num_predictions_ignored_unknown_video, num_predictions_ignored_unknown_label.
-
-Behaviour where the original code is undefined or crashes (documented deviations):
-  * Predictions for videos that are not in the evaluated subset (other subsets, or absent from
-    the ground truth) are false positives of their class, as in the ActivityNet/TSL code that
-    computed the published numbers (unknown_videos="false_positive", the default).
-    unknown_videos="ignore" drops and counts them instead.
-  * Predictions whose label is not a class of the subset are ignored and counted (the original
-    raises KeyError); a prediction with both an unknown label and an unknown video is counted
-    under the label.
-  * A class without predictions gets AP 0 and mean-curve recall/precision 0 (the original
-    crashes unpacking its result).
-  * F2 is 0 when P = R = 0 (the original divides 0 by 0).
-  * A zero union (two identical zero-length segments) has tIoU 0 (the original yields NaN, which
-    passes every threshold).
-  * Ties: predictions with equal scores are ranked in file order (the first listed first), and
-    ground-truth segments with equal tIoU are tried in file order. The original ranks with
-    NumPy's unstable argsort reversed, whose order on ties varies with the NumPy build.
-  * The prediction file's "version"/"external_data" keys are not required.
-Segments with start > end, non-finite numbers, or missing keys are errors naming the file and key;
-a file that is missing, not UTF-8 text or not complete JSON is an error naming the file (the CLI
-prints it as one `error:` line and exits with status 2).
 """
 from __future__ import annotations
 
@@ -263,7 +227,7 @@ def evaluate_detection(ground_truth: Mapping, predictions: Mapping, *, subset: s
                        sources: tuple[str, str] = ("ground truth", "predictions")) -> dict:
   """ActivityNet-style detection metrics of `predictions` against `subset` of `ground_truth`
   (both the parsed JSON dicts). `sources` names the two inputs in error messages (file paths
-  from the CLI). Returns a flat dict (see the module docstring)."""
+  from the CLI). Returns a flat dict (its keys: README.md, "Stand-alone evaluator")."""
   if unknown_videos not in UNKNOWN_VIDEO_POLICIES:
     raise LocalizationInputError(f"unknown_videos must be one of {UNKNOWN_VIDEO_POLICIES}, "
                                  f"got {unknown_videos!r}")

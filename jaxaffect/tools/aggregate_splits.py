@@ -3,18 +3,9 @@
   python -m jaxaffect.tools.aggregate_splits runs/ve8_split{1..10}      # or a quoted glob:
   python -m jaxaffect.tools.aggregate_splits 'runs/ve8_split*' [--expect 10] [--json-out F]
 
-Reads DIR/results.json of every workdir (and DIR/config.json, when present, for the split
-number and total_steps). Prints a Markdown table (mean, std, min, max, n per scalar metric, then
-the per-run values) and the same numbers as JSON. std is the SAMPLE standard deviation (n-1 in
-the denominator, numpy ddof=1): the splits are a sample of possible train/test partitions, and
-this is what "mean +- std over 10 splits" usually reports; it is null for a single run.
-
-Errors (exit status 1, one line each, nothing printed on stdout): a folder or glob with no
-results.json, a results.json or config.json that is unreadable, not UTF-8, cut short or not a JSON
-object, a run that stopped before config.total_steps, the same split twice, splits missing
-from 1..--expect (or, without split numbers, a run count other than --expect; --expect 0 turns
-these split checks off, e.g. to aggregate seeds of one split), and a headline metric missing from some run. Runs whose configs differ in more
-than the split (and seed/init_from) are aggregated with a warning on stderr naming the keys.
+Prints a Markdown table and the same numbers as JSON; std is the sample standard deviation
+(n-1). Inputs, output, the checks and the exit status: README.md, section "Sweeps, ablations,
+splits, figures".
 """
 from __future__ import annotations
 

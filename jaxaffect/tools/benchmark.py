@@ -1,9 +1,7 @@
 """--mode benchmark: compile time, step time, examples/s, memory, FLOPs/MFU, input pipeline.
 
-The train step runs on a device-resident random batch (so the input pipeline is not in the step
-time); the input pipeline is timed alone afterwards. MFU = step FLOPs (XLA cost analysis) /
-step time / peak FLOP/s, printed when the peak is known (config.benchmark_peak_flops, or a table
-of accelerators).
+What is timed, the output and how MFU is computed: README.md, section "Running a config"
+(Modes); measured figures: docs/results.md.
 """
 from __future__ import annotations
 

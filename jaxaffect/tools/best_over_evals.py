@@ -4,22 +4,10 @@
   python -m jaxaffect.tools.best_over_evals 'sweeps/bpmgcn/*' [--metric eval/top1]
       [--write] [--json-out FILE]
 
-The released BPM-GCN code evaluates the test split after every epoch and reports the maximum;
-no validation split is involved, so that number is selected on the test split and is optimistic.
-jaxaffect's held-out accuracy is the FINAL checkpoint's (results.json "eval/top1"); this tool
-never changes it. It reads the eval history in WORKDIR/metrics.jsonl (every record holding
---metric: the evaluations every `eval_every_steps` plus the final one) and reports, per workdir:
-
-  best_test_accuracy_over_evals   max of --metric over those evaluations
-  best_step                       the step of the first evaluation reaching it
-  heldout_top1_final              results.json's value at the final step (the held-out number)
-  final_step, num_evals, eval_steps
-
-For the original's protocol set eval_every_steps to the steps of one epoch. Output: a Markdown
-table on stdout and the same numbers as JSON (--json-out FILE; --write also puts each workdir's
-record into WORKDIR/best_over_evals.json, next to, not into, results.json).
-Exit status 1 (one line per problem on stderr) when a workdir has no metrics.jsonl or no
-evaluation of --metric, or when its metrics.jsonl or results.json is not UTF-8 text or not JSON.
+The maximum of --metric over the evaluations in WORKDIR/metrics.jsonl: selected on the test
+split, so optimistic. The held-out number stays the final checkpoint's (results.json), which
+this tool never changes. Output columns, files and exit status: README.md, section "BPM-GCN"
+(Protocol).
 """
 from __future__ import annotations
 

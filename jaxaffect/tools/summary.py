@@ -1,9 +1,6 @@
 """--mode summary: parameter counts and forward FLOPs per example, without data or training.
 
-The last line printed is `total_params=N trainable_params=M flops_per_example=F` (parameters in
-the "params" collection; BatchNorm statistics are not parameters; FLOPs are the matmul and
-convolution FLOPs of the eval forward counted from its jaxpr, one multiply-add = 2 FLOPs, as
-executed by the configured conv implementation).
+What is counted and the output: README.md, section "Running a config" (Modes).
 """
 from __future__ import annotations
 

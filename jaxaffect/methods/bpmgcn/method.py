@@ -5,16 +5,10 @@ regression). Loss as the released code: CE(posture logits) + CE(movement
 logits) + w * MSE(affective regression, the 31 STEP features computed from the skeleton).
 Predictions average the two streams' logits. Data: Emotion-Gait layout (h5 + labels) through
 the `emotion_gait` builder; batches "skeleton" [B, 48, 16, 3], "mask" [B, 48], "label" [B].
+A single stream (model.streams) trains on its own CE only.
 
-Ablations (config keys; configs/bpmgcn_emogait.py's sweep preset `ablations`):
-model.fusion=none, model.streams=posture|movement (one stream, its CE only; needs fusion=none),
-loss.affective_weight=0 (no constraint; add model.affective_head=False to remove fc2_aff, which
-is otherwise built and unused). A weight > 0 without the head (movement only, or
-affective_head=False) is an error.
-Evaluation on the held-out split: top1, mean_class_accuracy, per-class accuracy and the
-confusion matrix (evaluation/classification.py). The original's "best test accuracy over
-epochs" is not a held-out number; `python -m jaxaffect.tools.best_over_evals WORKDIR` reports it
-under that name from the eval history in metrics.jsonl.
+Recipe, faithfulness flags, ablation switches and the evaluation protocol (incl. the original's
+best-over-epochs, tools/best_over_evals.py): README.md, section "BPM-GCN".
 """
 from __future__ import annotations
 
@@ -25,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxaffect.errors import UserError
 from jaxaffect import method as base
-from jaxaffect.methods.bpmgcn import model as bpmgcn_model
+from jaxaffect.data import families
+from jaxaffect.errors import UserError
 from jaxaffect.methods.bpmgcn import gait_features
+from jaxaffect.methods.bpmgcn import model as bpmgcn_model
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +94,10 @@ class Method(base.Method):
     return {"logits": out["logits"].astype(jnp.float32)}
 
   def prepare_data(self):
-    from jaxaffect.data import families
     from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     families.prepare(gait_pipeline.FAMILY, self.config.dataset)
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
-    from jaxaffect.data import families
     from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     ds = self.config.dataset
     src = families.open_source(gait_pipeline.FAMILY, ds, "train")
@@ -115,7 +108,6 @@ class Method(base.Method):
         center=str(ds.get("center", "none"))))
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
-    from jaxaffect.data import families
     from jaxaffect.methods.bpmgcn import data as gait_pipeline  # deferred: grain
     ds = self.config.dataset
     src = families.open_source(gait_pipeline.FAMILY, ds, "test")

@@ -3,12 +3,8 @@
   python -m jaxaffect.methods.tsl.figures --workdir DIR [--out DIR/eval_outputs/figures]
       [--video ID ...] [--max-videos N] [--top K]
 
-Reads what the last evaluation of a TSL-Net run wrote to DIR/eval_outputs/ (scores.npz with the
-per-snippet fused scores, predictions.json and ground_truth.json in ActivityNet format); any
-other run that writes these three files the same way can be drawn too (--scores, --predictions,
---ground-truth). Each figure: positive, negative and background scores over time (seconds,
-16 frames per snippet at the video's fps), the ground-truth segments in a band above and the
-top-K predicted segments per class below (opacity = score).
+Inputs (DIR/eval_outputs/: scores.npz, predictions.json, ground_truth.json), flags and what a
+figure shows: README.md, section "TSL-Net" (Figures).
 """
 from __future__ import annotations
 

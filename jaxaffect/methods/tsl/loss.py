@@ -7,7 +7,8 @@ accumulation of single-video losses (it trains with batch 1 and averages 16 of t
 
 The seed search (LACP-style background seeds and pseudo-action growth, `utils.select_seed_act_
 score` in the original, a Python loop on the CPU) is vectorised here with segment reductions and
-prefix counts; tests/test_tsl_loss.py checks it against a loop transcription on random inputs.
+prefix counts; tests/test_tsl_loss.py checks it against `select_seeds_loop`, a transcription of
+the original's loop, on random inputs.
 Where the original divides by zero (a video without points or without background seeds) the
 term is 0 here instead of NaN.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 BKG_THRESHOLD = 0.95
@@ -83,6 +85,69 @@ def select_seeds(p: Array, y: Array, valid: Array, thresh: float = BKG_THRESHOLD
   """Batched seed search on detached scores: (act_seed [B, L, 3], bkg_seed [B, L])."""
   p = jax.lax.stop_gradient(p)
   return jax.vmap(lambda a, b, c: _select_seeds_one(a, b, c, thresh))(p, y, valid)
+
+
+def select_seeds_loop(p: np.ndarray, y: np.ndarray, thresh: float = BKG_THRESHOLD):
+  """The seed search as the original runs it: a Python loop on the host, one video (all frames
+  real, at least one point). The PyTorch step of `jaxaffect.tools.versus` uses it, and
+  tests/test_tsl_loss.py checks `select_seeds` against it.
+
+  p: [T, 3] float32 detached scores, y: [T, 3] point rows -> (act_seed [T, 3], bkg_seed [T]),
+  float32 like the torch tensors."""
+  p = p.astype(np.float32)
+  agn = y.max(1)
+  bkg = np.zeros(len(p), np.float32)
+  act = y.copy()
+  bg = p[:, -1]
+  pts = np.nonzero(agn)[0]
+  T = len(p)
+
+  def grow(j):
+    if bg[j] <= p[j, :-1].max() and bkg[j] < 1:
+      act[j] = p[j]
+      return True
+    return False
+
+  if pts[0] > 0:
+    reg = bg[:pts[0]]
+    view = bkg[:pts[0]]
+    view[reg >= thresh] = reg.max()
+    if view.sum(dtype=np.float32) >= 1:
+      view[:np.nonzero(view)[0][-1]] = reg.max()
+    else:
+      view[:reg.argmax() + 1] = reg.max()
+    for j in range(pts[0] - 1, -1, -1):
+      if not grow(j):
+        break
+  if pts[-1] < T - 1:
+    reg = bg[pts[-1] + 1:]
+    view = bkg[pts[-1] + 1:]
+    view[reg >= thresh] = reg.max()
+    if view.sum(dtype=np.float32) >= 1:
+      view[np.nonzero(view)[0][0]:] = reg.max()
+    else:
+      view[reg.argmax():] = reg.max()
+    for j in range(pts[-1] + 1, T):
+      if not grow(j):
+        break
+  for i in range(len(pts) - 1):
+    if pts[i + 1] - pts[i] <= 1:
+      continue
+    reg = bg[pts[i] + 1:pts[i + 1]]
+    view = bkg[pts[i] + 1:pts[i + 1]]
+    view[reg >= thresh] = reg.max()
+    if view.sum(dtype=np.float32) >= 2:
+      nz = np.nonzero(view)[0]
+      view[nz[0] + 1:nz[-1]] = reg.max()
+    else:
+      view[reg.argmax()] = reg.max()
+    for j in range(pts[i] + 1, pts[i + 1]):
+      if not grow(j):
+        break
+    for j in range(pts[i + 1] - 1, pts[i], -1):
+      if not grow(j):
+        break
+  return act, bkg
 
 
 def _safe_div(num: Array, den: Array) -> Array:

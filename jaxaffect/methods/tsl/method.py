@@ -1,25 +1,22 @@
 """TSL-Net (ACM MM 2022): temporal sentiment localization from single-frame supervision.
 
-Model: jaxaffect.methods.tsl.model.TSLNet on per-snippet I3D RGB [1024] + log-mel [32, 60] features.
+Model: jaxaffect.methods.tsl.model.TSLNet on per-snippet I3D RGB [1024] + log-mel [32, 60]
+features.
 Loss (jaxaffect.methods.tsl.loss, as the released train.py):
   L = l0 * L_vid + l1 * ((1 - l2) * L_frame + l2 * (L_bkg + L_pact)) + l3 * cpc_sign * cpc
 with lambdas [2, 1, 0.5, 1]; cpc_sign +1 is the code (which adds the CPC log-likelihood to a
-minimised loss), -1 the paper/MMIM form. Each term can be switched off (`loss.<term>=False`,
-the paper's ablation rows); `model.modalities` drops a stream.
+minimised loss), -1 the paper/MMIM form.
 
 Batches (jaxaffect.methods.tsl.data): videos padded to a bucket length L, "rgb" [B, L, 1024],
 "audio" [B, L, 32, 60] (normalised (x + 50) / 80), "mask" [B, L], "length" [B],
-"point_label" [B, L] (-1 = none), "point_count" [B, 2], "index" [B]. The original trains with
-one video per forward and averages 16 of them per update: batch_size 1 with
-optimizer.multi_steps 16 reproduces that; a larger batch averages per-video losses the same way
-(BatchNorm statistics then pool the batch's real snippets).
+"point_label" [B, L] (-1 = none), "point_count" [B, 2], "index" [B]. A batch of several videos
+averages per-video losses (BatchNorm statistics then pool the batch's real snippets).
 
 Evaluation: per test video the fused scores and the video score go through the original's
 post-processing (methods/tsl/postprocess.py) to ActivityNet results, scored by
-evaluation/localization.py (mAP at tIoU 0.10:0.05:0.30 and their average, plus the original's
-mean-curve Recall/F2 under their own names). The prediction and ground-truth JSON files and the
-per-snippet scores are written to <workdir>/eval_outputs/ for the stand-alone evaluator and the
-visualisation (python -m jaxaffect.methods.tsl.figures).
+evaluation/localization.py; the JSON files and per-snippet scores go to <workdir>/eval_outputs/.
+
+Recipe, faithfulness flags, ablation switches, metrics and outputs: README.md, section "TSL-Net".
 """
 from __future__ import annotations
 
@@ -33,6 +30,7 @@ import numpy as np
 
 from jaxaffect import evaluators
 from jaxaffect import method as base
+from jaxaffect.data import families
 from jaxaffect.evaluation import localization
 from jaxaffect.methods.tsl import loss as tsl_loss
 from jaxaffect.methods.tsl import model as tsl_model
@@ -187,7 +185,6 @@ class Method(base.Method):
     return cache[split]
 
   def prepare_data(self):
-    from jaxaffect.data import families
     families.prepare(self.pipeline().FAMILY, self.config.dataset)
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):

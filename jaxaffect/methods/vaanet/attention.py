@@ -1,19 +1,13 @@
 """VAANet's attentions on one video, from a trained workdir, as a PNG.
 
-  python -m jaxaffect.methods.vaanet.attention --config configs/x.py[:arg] --workdir DIR \
+  python -m jaxaffect.methods.vaanet.attention --config configs/x.py[:arg] --workdir DIR
       --video PATH.mp4 --out OUT.png [--step N] [--json_out OUT.json] [--label CLASS]
 
-The video is decoded and featurised exactly as the extraction does it (the builder's
-`extract_example` with the config's extraction settings), then sampled with the config's
-evaluation transform (centre snippet per segment, centre crop), so the model sees what it sees in
-evaluation. The forward runs in eval mode (BatchNorm running statistics) from the latest
-checkpoint of DIR (or --step). The figure shows, per segment, the middle frame of the snippet
-(as cropped) with the spatial attention alpha overlaid (reshaped to the layer4 grid T'xH'xW',
-the temporal cell of that frame, bilinearly upsampled to the crop; one colour scale for all
-segments), the temporal attention gamma per segment, the audio attention per chunk (when the
-model has audio) and the predicted class distribution (softmax of the logits).
-The model settings (config.model and the dataset's shape keys) are taken from DIR/config.json
-when it is there, so a sweep variant's workdir needs no repeated overrides.
+What the figure shows, where the model settings come from and the flags: README.md, section
+"Sweeps, ablations, splits, figures". The video goes through the builder's `extract_example`
+(the config's extraction settings) and the evaluation transform, so the model sees what it sees
+in evaluation; alpha is reshaped to the layer4 grid T'xH'xW' and its cell for the shown frame is
+upsampled bilinearly to the crop.
 """
 from __future__ import annotations
 

@@ -1,23 +1,13 @@
 """Frozen-backbone feature cache for VAANet-style models.
 
-    python -m jaxaffect.methods.vaanet.feature_cache --config configs/vaanet_ve8.py --out DIR \
-        [--views 4] \
-        [--config.init_from=CONVERTED_BACKBONE] [--config.key=value ...]
-    python -m jaxaffect.main --config configs/vaanet_ve8.py --workdir W \
+    python -m jaxaffect.methods.vaanet.feature_cache --config configs/vaanet_ve8.py --out DIR
+        [--views 4] [--batch_size 8] [--config.init_from=CONVERTED_BACKBONE] [--config.k=v ...]
+    python -m jaxaffect.main --config configs/vaanet_ve8.py --workdir W
         --config.model.visual_input=features --config.dataset.feature_cache=DIR
 
-The frozen 3D ResNet dominates VAANet's step (95% of its FLOPs). This runs it once per sampled
-snippet and stores its layer4 outputs, so training only runs the attention, fusion and audio
-layers. Divergences from the released code, on purpose and documented:
-  * the backbone uses running BatchNorm statistics (the released code uses batch statistics of
-    each training batch, which depend on the batch and cannot be cached);
-  * training draws one of `views` pre-sampled augmentations (TSN starts, crop, flip) per
-    video and epoch instead of a fresh one each epoch.
-Eval uses one deterministic view, as the frames path does.
-
-Layout of DIR/<split>/: features.npy float16 [V, N, S, T', H', W', C] (memory-mapped), audio.npy
-float32 [N, A, F, M], label.npy, polarity.npy, meta.json (written last: a cache without it is
-incomplete and is resumed view by view).
+Why, how it diverges from the released code, and the cache's layout: README.md, section
+"VAANet at paper fidelity" (feature cache). meta.json is written last, so a cache without it is
+incomplete and is resumed view by view.
 """
 from __future__ import annotations
 

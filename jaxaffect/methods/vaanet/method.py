@@ -1,8 +1,11 @@
 """VAANet (Zhao et al., AAAI 2020): visual-audio attention + polarity-consistent cross-entropy.
 
-Model: model.VAANet. Loss: PCCE, per-sample CE weighted by (1 + lambda) when the argmax prediction's polarity differs from the label's (a hard, non-differentiable weight, as
-the released code computes it). Metrics: top-1, per-class and mean-class accuracy, polarity
+Model: model.VAANet. Loss: PCCE, per-sample CE weighted by (1 + lambda) when the argmax
+prediction's polarity differs from the label's (a hard, non-differentiable weight, as the
+released code computes it). Metrics: top-1, per-class and mean-class accuracy, polarity
 accuracy, confusion matrix. Data: VE-8-style datasets through the video_emotion builder.
+Faithfulness flags, converters and the feature cache: README.md, section "VAANet at paper
+fidelity".
 """
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ import numpy as np
 import optax
 
 from jaxaffect import config_lib
-from jaxaffect.errors import UserError
 from jaxaffect import method as base
+from jaxaffect.data import families
+from jaxaffect.data import video_emotion
+from jaxaffect.errors import UserError
 from jaxaffect.methods.vaanet import model as vaanet_model
 
 
@@ -112,7 +117,6 @@ class Method(base.Method):
   def prepare_data(self):
     if self.visual_input == "features":
       return  # the cache was built beforehand (python -m jaxaffect.methods.vaanet.feature_cache)
-    from jaxaffect.data import families, video_emotion
     families.prepare(video_emotion.FAMILY, self.config.dataset)
 
   # Data modules are imported where used: model-only uses (summary, step benchmarks, converters)
@@ -124,7 +128,9 @@ class Method(base.Method):
     return video_transforms.TransformConfig.create({k: ds[k] for k in names if k in ds})
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
-    from jaxaffect.data import families, pipeline, video_emotion  # deferred: grain + media stack
+    from jaxaffect.data import families  # deferred: grain + media stack
+    from jaxaffect.data import pipeline
+    from jaxaffect.data import video_emotion
     ds = self.config.dataset
     if self.visual_input == "features":
       from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack
@@ -139,7 +145,9 @@ class Method(base.Method):
     return iter(dataset)
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
-    from jaxaffect.data import families, pipeline, video_emotion  # deferred: grain + media stack
+    from jaxaffect.data import families  # deferred: grain + media stack
+    from jaxaffect.data import pipeline
+    from jaxaffect.data import video_emotion
     ds = self.config.dataset
     if self.visual_input == "features":
       from jaxaffect.methods.vaanet import feature_cache  # deferred: grain + media stack

@@ -1,16 +1,31 @@
-"""PyTorch re-implementation of BPM-GCN (exped1230/BPM-GCN) in the released state_dict layout,
-for converter parity tests only (the library never imports torch).
+"""PyTorch BPM-GCN (exped1230/BPM-GCN) in the released state_dict layout and its training step, for
+the converter parity tests and the PyTorch side of `python -m jaxaffect.tools.versus`. Imports
+torch (the test extra): the library never imports this module; the versus tool loads it through
+the method registry (method.method_package) and the tests import it directly.
 
 Written from the architecture description (the paper, the released code's layout); module
 attribute names reproduce the original keys: data_bn_{p,m}, l{1..10}_{p,m}.gcn1.{PA,
 conv_a.k, conv_b.k, conv_d.k, down.0, down.1, bn}, .tcn1.{conv, bn}, .residual.{conv, bn},
-fusion{1,2,3}.att_{T,N}_{p,m}.fc{1,2}, fc1_classifier_{p,m}, fc2_aff. Inputs are the original N x C x T x V x M tensors.
+fusion{1,2,3}.att_{T,N}_{p,m}.fc{1,2}, fc1_classifier_{p,m}, fc2_aff. Inputs are the original
+N x C x T x V x M tensors.
+
+The modules are the ones tests/test_bpmgcn_model.py checks against the converted Flax model
+(eval and train mode, outputs, BN statistics and gradients), so the step below runs the function
+the port runs. The step is the released main loop's: forward on the precomputed posture,
+movement and affective-target arrays (the original loads them from .npy files; here they are
+computed once from the skeleton by the port's own feature code, outside the timed step),
+loss CE(posture) + MSE(affective) + CE(movement), backward, SGD Nesterov 0.9 with weight decay
+1e-3 on every parameter (the config's optimizer).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from jaxaffect.errors import UserError
+from jaxaffect.methods.bpmgcn import gait_features
 
 INWARD = ((9, 8), (8, 7), (7, 2), (3, 2), (4, 2), (5, 4), (6, 5), (2, 1), (1, 0), (13, 0),
           (10, 0), (15, 14), (14, 13), (12, 11), (11, 10))
@@ -158,3 +173,62 @@ class BPMGCNRef(nn.Module):
         xp, xm = getattr(self, f"fusion{(4, 7, 10).index(i) + 1}")(xp, xm)
     fp, fm = xp.mean(dim=(2, 3)), xm.mean(dim=(2, 3))
     return self.fc1_classifier_p(fp), self.fc2_aff(fp), self.fc1_classifier_m(fm)
+
+
+# ---- python -m jaxaffect.tools.versus -----------------------------------------------------------
+
+def versus_batch(config, example: dict, rng: np.random.Generator) -> dict:
+  """A batch in the port's layout (both sides train on it): full-length random walkers."""
+  out = dict(example)
+  sk = example["skeleton"]
+  drift = np.linspace(0.0, 1.0, sk.shape[1], dtype=np.float32)[None, :, None, None]
+  out["skeleton"] = (rng.standard_normal(sk.shape) * 0.3 + drift).astype(np.float32)
+  out["mask"] = np.ones_like(example["mask"])
+  n = int(config.dataset.num_classes)
+  out["label"] = rng.integers(0, n, example["label"].shape).astype(np.int32)
+  return out
+
+
+def versus_reference(config, method, batch: dict, ctx) -> dict:
+  del method
+  m = config.model
+  for key, want in (("streams", "both"), ("pooling", "mean"), ("affective_head", True)):
+    if m.get(key, want) != want:
+      raise UserError(f"versus: model.{key}={m.get(key)!r} has no PyTorch reference "
+                      f"(it implements {key}={want!r})")
+  sk, mask = batch["skeleton"], batch["mask"] > 0
+  n, t = sk.shape[:2]
+  ref = BPMGCNRef(num_class=int(config.dataset.num_classes), t=t, fusion=str(m.fusion))
+  ref = ref.to(ctx.device).train()
+  forward = ctx.compile(ref)
+  # The original's arrays (train_joint / train_movement / train_affective .npy), once.
+  motion = gait_features.motion_channels(sk, mask if m.get("mask_padding", True) else None)
+  target = gait_features.affective_features(sk, mask).reshape(n, -1)
+  x_p = ctx.tensor(sk).permute(0, 3, 1, 2)[..., None].contiguous()       # N C T V M
+  x_m = ctx.tensor(np.asarray(motion)).permute(0, 3, 1, 2)[..., None].contiguous()
+  aff = ctx.tensor(np.asarray(target))
+  labels = ctx.tensor(batch["label"]).long()
+  w = float(config.loss.affective_weight)
+  opt = ctx.optimizer(ref.named_parameters())
+
+  def train():
+    ref.train()
+    opt.zero_grad(set_to_none=True)
+    with ctx.autocast():
+      lp, pred_aff, lm = forward(x_p, x_m)
+      loss = F.cross_entropy(lp.float(), labels) + F.cross_entropy(lm.float(), labels)
+      if w > 0:
+        loss = loss + w * F.mse_loss(pred_aff.float(), aff)
+    loss.backward()
+    ctx.update(opt, ref.parameters())
+    return loss
+
+  def evaluate():
+    ref.eval()
+    with torch.inference_mode(), ctx.autocast():
+      lp, _, lm = forward(x_p, x_m)
+      return (lp + lm) / 2
+
+  recipe = (f"BPMGCNRef (fusion {m.fusion}), CE + {w} x MSE + CE, "
+            f"{ctx.describe_optimizer(opt)}")
+  return {"train": train, "eval": evaluate, "recipe": recipe, "module": ref}

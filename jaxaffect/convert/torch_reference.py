@@ -1,10 +1,11 @@
-"""PyTorch re-implementations of the original architectures, for converter parity tests only.
+"""PyTorch twins of the shared backbones, for converter parity tests and the PyTorch side of
+`python -m jaxaffect.tools.versus` (torch is the test extra; nothing imports this module at
+`import jaxaffect` time).
 
 Written from the published architecture descriptions so the module names produce the original
 state_dict key layouts: Hara et al.'s 3D ResNets (kenshohara/3D-ResNets-PyTorch, both
-generations share the names), a torchvision-layout 2D ResNet, and VAANet (maysonma/VAANet) with
-its Sequential/ModuleDict structure (resnet.{0,1,4..7}, conv0, sa_net, cwa_net, ta_net, fc,
-a_resnet, a_fc, aa_net, av_fc). Test-only: the library never imports torch.
+generations share the names) and a torchvision-layout 2D ResNet. A paper's own modules live in
+its package (jaxaffect/methods/<paper>/torch_reference.py).
 """
 from __future__ import annotations
 
@@ -127,76 +128,6 @@ class TorchvisionResNet(nn.Module):
     cout = _stages(self, Basic2d, LAYERS[depth], 64, nn.Conv2d, nn.BatchNorm2d)
     self.avgpool = nn.AdaptiveAvgPool2d(1)
     self.fc = nn.Linear(cout, num_classes)
-
-
-# ---- VAANet --------------------------------------------------------------------------------------
-
-def _attention(cin, length, fc_bias, act):
-  return nn.ModuleDict({
-      "conv": nn.Sequential(nn.Conv1d(cin, 1, 1, bias=False), nn.BatchNorm1d(1), nn.Tanh()),
-      "fc": nn.Linear(length, length, bias=fc_bias),
-      act: nn.Softmax(dim=1) if act == "softmax" else nn.ReLU(),
-  })
-
-
-class VAANetRef(nn.Module):
-  """VAANet's module tree and forward (visual x/255 - 100/255, frozen Hara backbone up to
-  layer4, spatial/channel/temporal attention; audio ResNet-18 with a 1-channel (7,1) stem,
-  AvgPool2d(8, 2), a_fc, audio temporal attention; av_fc on the concatenation).
-
-  visual: float [B, S, 3, T, H, W] (0-255); audio: float [B, A*F, M]. m = backbone positions
-  (16 for 16x112x112 snippets); nc = layer4 channels of the chosen depth.
-  """
-
-  def __init__(self, visual_depth=101, seq_len=12, audio_n_segments=16, n_classes=8, m=16,
-               k=512, audio_embed_size=256):
-    super().__init__()
-    hara = HaraResNet3D(visual_depth, 400)
-    self.resnet = nn.Sequential(*list(hara.children())[:-2])
-    self.hp = dict(nc=hara.out_channels, k=k, m=m)
-    self.seq_len, self.n_classes = seq_len, n_classes
-    self.conv0 = nn.Sequential(nn.Conv1d(hara.out_channels, k, 1, bias=True),
-                               nn.BatchNorm1d(k), nn.ReLU())
-    self.sa_net = _attention(k, m, False, "softmax")
-    self.ta_net = _attention(k, seq_len, True, "relu")
-    self.cwa_net = _attention(m, k, False, "softmax")
-    self.fc = nn.Linear(k, n_classes)
-    self.audio_n_segments, self.audio_embed_size = audio_n_segments, audio_embed_size
-    tv = TorchvisionResNet(18)
-    a_conv1 = nn.Conv2d(1, 64, kernel_size=(7, 1), stride=(2, 1), padding=(3, 0), bias=False)
-    self.a_resnet = nn.Sequential(a_conv1, *list(tv.children())[1:-2], nn.AvgPool2d([8, 2]))
-    self.a_fc = nn.Sequential(nn.Linear(512, audio_embed_size), nn.BatchNorm1d(audio_embed_size),
-                              nn.Tanh())
-    self.aa_net = _attention(audio_embed_size, audio_n_segments, True, "relu")
-    self.av_fc = nn.Linear(audio_embed_size + k, n_classes)
-
-  def forward(self, visual, audio):
-    k, m = self.hp["k"], self.hp["m"]
-    visual = visual.transpose(0, 1).contiguous() / 255.0 - 100.0 / 255.0
-    seq_len, batch = visual.shape[:2]
-    feat = self.resnet(visual.reshape(seq_len * batch, *visual.shape[2:]))
-    feat = torch.flatten(torch.squeeze(feat, dim=2), start_dim=2)       # [N, nc, m]
-    f = self.conv0(feat)                                                # [N, k, m]
-    a_s = self.sa_net["softmax"](self.sa_net["fc"](self.sa_net["conv"](f).squeeze(1))) * m
-    f_s = f * a_s.unsqueeze(1)
-    h_c = self.cwa_net["conv"](f_s.transpose(1, 2).contiguous()).squeeze(1)
-    a_c = self.cwa_net["softmax"](self.cwa_net["fc"](h_c)) * k
-    f_sc = torch.mean(f_s * a_c.unsqueeze(2), dim=2)
-    f_sc = f_sc.view(seq_len, batch, k).permute(1, 2, 0).contiguous()  # [B, k, S]
-    a_t = self.ta_net["relu"](self.ta_net["fc"](self.ta_net["conv"](f_sc).squeeze(1)))
-    f_sct = torch.mean(f_sc * a_t.unsqueeze(1), dim=2)
-
-    bs = audio.shape[0]
-    a = torch.stack(audio.transpose(0, 1).chunk(self.audio_n_segments, dim=0), 0)
-    a = torch.flatten(a.transpose(1, 2), 0, 1).unsqueeze(1)            # [A*B, 1, F, M]
-    a = self.a_fc(torch.flatten(self.a_resnet(a), 1))
-    a = a.view(self.audio_n_segments, bs, self.audio_embed_size).permute(1, 2, 0)
-    a_a = self.aa_net["relu"](self.aa_net["fc"](self.aa_net["conv"](a).squeeze(1)))
-    f_a = torch.mean(a * a_a.unsqueeze(1), dim=2)
-    logits = self.av_fc(torch.cat([f_sct, f_a], dim=1))
-    return dict(logits=logits, alpha=a_s.view(seq_len, batch, m).transpose(0, 1),
-                beta=a_c.view(seq_len, batch, k).transpose(0, 1), gamma=a_t,
-                audio_gamma=a_a, features=feat)
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
