@@ -46,3 +46,22 @@ def max_scaled_diff(a, b) -> float:
 def to_float64(tree):
   """NumPy float64 copies of a tree's leaves (converters store float32)."""
   return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def numpy_state_dict(module) -> dict[str, np.ndarray]:
+  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def assert_close(ours, theirs, tol, floor=0.0, what=""):
+  """Every leaf within `tol` of its scale (scaled_grad_diffs); prints the worst margin."""
+  diffs = scaled_grad_diffs(ours, theirs, floor)
+  worst = max(diffs, key=diffs.get)
+  print(f"{what}: worst {worst} {diffs[worst]:.2e}")  # pytest -s shows the measured margins
+  assert diffs[worst] < tol, (what, worst, diffs[worst])
+
+
+def assert_outputs(ours, theirs, tol, what):
+  diffs = {k: max_scaled_diff(ours[k], theirs[k]) for k in theirs}
+  worst = max(diffs, key=diffs.get)
+  print(f"{what}: worst {worst} {diffs[worst]:.2e}")
+  assert diffs[worst] < tol, (what, worst, diffs[worst])

@@ -39,8 +39,9 @@ from jaxaffect.methods.vaanet import converters as vaanet_converters  # noqa: E4
 from jaxaffect.nn.resnet3d import ResNet3D  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from grad_parity import (grad_state_dict, max_scaled_diff, scaled_grad_diffs,  # noqa: E402
-                         to_float64)
+from grad_parity import (assert_close as _assert_close,  # noqa: E402
+                         assert_outputs as _assert_outputs, grad_state_dict,
+                         numpy_state_dict as _numpy_sd, to_float64)
 from jaxaffect.convert.torch_reference import HaraResNet3D, randomize_  # noqa: E402
 from jaxaffect.methods.vaanet.torch_reference import VAANetRef  # noqa: E402
 
@@ -48,24 +49,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_TOL, STAT_TOL, GRAD_FLOOR = 1e-4, 2e-5, 1e-3
 # Tiny shapes: LLVM at -O1 compiles these graphs in ~60% of the time and runs them as fast.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 1})
-
-
-def _numpy_sd(module):
-  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def _assert_close(ours, theirs, tol, floor=0.0, what=""):
-  diffs = scaled_grad_diffs(ours, theirs, floor)
-  worst = max(diffs, key=diffs.get)
-  print(f"{what}: worst {worst} {diffs[worst]:.2e}")  # pytest -s shows the measured margins
-  assert diffs[worst] < tol, (what, worst, diffs[worst])
-
-
-def _assert_outputs(ours, theirs, tol, what):
-  diffs = {k: max_scaled_diff(ours[k], theirs[k]) for k in theirs}
-  worst = max(diffs, key=diffs.get)
-  print(f"{what}: worst {worst} {diffs[worst]:.2e}")
-  assert diffs[worst] < tol, (what, worst, diffs[worst])
 
 
 # ---- Hara 3D ResNet-10: conv3d stem and blocks, BN3d, max pool, shortcut B ----------------------

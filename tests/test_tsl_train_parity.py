@@ -31,8 +31,9 @@ from jaxaffect.methods.tsl import converters as converters_tsl  # noqa: E402
 from jaxaffect.methods.tsl import model as tsl_model  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from grad_parity import (grad_state_dict, max_scaled_diff, scaled_grad_diffs,  # noqa: E402
-                         to_float64)
+from grad_parity import (assert_close as _assert_close,  # noqa: E402
+                         assert_outputs as _assert_outputs, grad_state_dict,
+                         numpy_state_dict as _numpy_sd, to_float64)
 from jaxaffect.convert.torch_reference import randomize_  # noqa: E402
 from jaxaffect.methods.tsl.torch_reference import Model as TorchTSL  # noqa: E402
 
@@ -41,24 +42,6 @@ jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 NARROW = dict(audio_channels=(8, 16, 32), align_features=24, neck_features=40)
 T, L = 24, 32  # real snippets (top-k k = 3), padded bucket
 OUTPUTS = ("cas", "cas_sigmoid_fuse", "video_score", "video_distribution", "cpc")
-
-
-def _numpy_sd(module):
-  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
-def _assert_close(ours, theirs, tol, floor=0.0, what=""):
-  diffs = scaled_grad_diffs(ours, theirs, floor)
-  worst = max(diffs, key=diffs.get)
-  print(f"{what}: worst {worst} {diffs[worst]:.2e}")  # pytest -s shows the measured margins
-  assert diffs[worst] < tol, (what, worst, diffs[worst])
-
-
-def _assert_outputs(ours, theirs, tol, what):
-  diffs = {k: max_scaled_diff(ours[k], theirs[k]) for k in theirs}
-  worst = max(diffs, key=diffs.get)
-  print(f"{what}: worst {worst} {diffs[worst]:.2e}")
-  assert diffs[worst] < tol, (what, worst, diffs[worst])
 
 
 @pytest.fixture(scope="module")
