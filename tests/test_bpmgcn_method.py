@@ -20,8 +20,9 @@ def test_bpmgcn_sharded_equals_single_device(smoke_data_dir):
   c.optimizer.learning_rate = 1e-4
   method = methods.get_method(c)
   method.prepare_data()
-  ref, _ = toy_method.train_losses(method, c, jax.devices()[:1], n=3)
+  ref, _, start = toy_method.train_losses(method, c, jax.devices()[:1], n=3)
   c.mesh.update(dict(data=2, fsdp=2, tensor=2))
-  got, state = toy_method.train_losses(methods.get_method(c), c, jax.devices(), n=3)
+  got, state, _ = toy_method.train_losses(methods.get_method(c), c, jax.devices(), n=3,
+                                          start=start)
   np.testing.assert_allclose(got, ref, rtol=1e-5)
   assert np.isfinite(ref).all()

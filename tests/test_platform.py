@@ -19,7 +19,7 @@ methods.register("toy", toy_method.ToyMethod)
 def _losses(mesh_cfg, devices, n=5, accum=1):
   c = toy_method.toy_config(**mesh_cfg)
   c.grad_accum_steps = accum
-  losses, state = toy_method.train_losses(toy_method.ToyMethod(c), c, devices, n)
+  losses, state, _ = toy_method.train_losses(toy_method.ToyMethod(c), c, devices, n)
   return losses, state, None
 
 

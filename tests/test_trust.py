@@ -229,17 +229,22 @@ def test_resume_with_other_model_shapes_is_refused_even_when_allowed(tmp_path):
 
 def test_second_run_on_a_workdir_fails_at_once_and_the_first_is_undisturbed(tmp_path, reference):
   wd = str(tmp_path / "run")
-  # A slow input keeps the first run alive while the second one starts.
-  cmd = _cli(wd, "--config.dataset.delay_s=0.5")
+  # The first run's input holds at its third batch until `go` exists, so it is alive, whatever
+  # the machine's load, while the second one starts.
+  go = tmp_path / "go"
+  cmd = _cli(wd, f"--config.dataset.hold_until_file={go}")
   first = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
+  deadline = time.time() + 300
   while time.time() < deadline and not os.path.exists(os.path.join(wd, "metrics.jsonl")):
     time.sleep(0.2)
   t0 = time.time()
-  second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=120)
-  took = time.time() - t0
+  try:
+    second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                            timeout=120)
+    took = time.time() - t0
+  finally:
+    go.touch()
   out, err = first.communicate(timeout=300)
   assert first.returncode == 0, err[-2000:]
   assert second.returncode != 0 and took < 30

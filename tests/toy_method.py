@@ -1,6 +1,7 @@
 """A tiny method (MLP classifier on an in-memory dataset) to test the platform on its own."""
 from __future__ import annotations
 
+import os
 import time
 
 import flax.linen as nn
@@ -53,6 +54,19 @@ class _Delay:
     return batch
 
 
+class _HoldUntil:
+  """From the third batch on, waits until a file exists: a test run stays alive (after its
+  first records) for exactly as long as the test needs, however slow the machine."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __call__(self, index, batch):
+    while index >= 2 and not os.path.exists(self.path):
+      time.sleep(0.05)
+    return batch
+
+
 class ToyMethod(base.Method):
   state_collections = ("batch_stats",)
 
@@ -81,6 +95,9 @@ class ToyMethod(base.Method):
     delay = float(self.config.dataset.get("delay_s", 0.0))
     if delay:
       ds = ds.map(_Delay(delay))
+    hold = str(self.config.dataset.get("hold_until_file", ""))
+    if hold:
+      ds = ds.map_with_index(_HoldUntil(hold))
     return iter(ds.to_iter_dataset())
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
@@ -104,6 +121,7 @@ def toy_config(**mesh) -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-2
   c.model.hidden = 32
   c.dataset.delay_s = 0.0
+  c.dataset.hold_until_file = ""
   c.dataset.num_classes = 4  # the classification evaluator reads it
   return c
 
@@ -153,8 +171,11 @@ class TransformerMethod(ToyMethod):
     return iter(ds.to_iter_dataset())
 
 
-def train_losses(method, config, devices, n: int = 5):
-  """Runs n train steps of `method` on a mesh of `devices`; returns (losses, final state)."""
+def train_losses(method, config, devices, n: int = 5, start=None):
+  """Runs n train steps of `method` on a mesh of `devices`; returns (losses, final state,
+  host copy of the initial state). `start` (such a host copy) is placed on this mesh instead
+  of initialising: a sharded run then starts from the single-device run's exact state, and
+  the comparison skips a second init compile (the sharded init has tests of its own)."""
   from jaxaffect import sharding as shd
   from jaxaffect import steps
   s = steps.build(config, method, shd.make_mesh(config.mesh, devices))
@@ -162,12 +183,16 @@ def train_losses(method, config, devices, n: int = 5):
                              process_count=1)
   losses = []
   with s.context():
-    state = s.init_fn(jax.random.key(0))
+    if start is None:
+      state = s.init_fn(jax.random.key(0))
+    else:
+      state = jax.device_put(start, s.state_sharding)
+    initial = jax.device_get(state)
     for _ in range(n):
       state, m = s.train_step(state, steps.make_global_batch(next(it), s.batch_sharding),
                               jax.random.key(0))
       losses.append(float(m["loss"]))
-  return np.array(losses), state
+  return np.array(losses), state, initial
 
 
 # ---- python -m jaxaffect.tools.versus (tests/test_versus.py) ------------------------------------
