@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxaffect.nn import count_params
-from jaxaffect.nn.layers import BatchNorm, Conv3D, conv3d, resolve_conv_impl
+from jaxaffect.nn.layers import BatchNorm, Conv3D, conv3d, conv_over_time, resolve_conv_impl
 from jaxaffect.nn.resnet2d import ResNet2D
 from jaxaffect.nn.resnet3d import ResNet3D
 from jaxaffect.nn.transformer import TransformerBlock
@@ -52,6 +52,38 @@ def test_conv3d_impls_match_native_values_and_grads(case):
     for got, ref in zip(res[impl], res["native"]):
       assert got.shape == ref.shape
       np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5, err_msg=impl)
+
+
+# (input shape, kernel taps, out channels, stride, padding) for conv_over_time
+TIME_CONV_CASES = [
+    ((2, 11, 5, 4), 9, 6, 1, 4),    # BPM-GCN tcn: (9, 1) over [B, T, V, C]
+    ((2, 12, 5, 4), 9, 6, 2, 4),    # strided block
+    ((2, 7, 3, 4), 1, 5, 2, 0),     # strided 1x1 residual
+    ((3, 10, 4), 3, 2, 1, 1),       # 1D: [B, T, C]
+    ((1, 5, 2, 2, 3), 3, 4, 2, 0),  # [B, T, H, W, C], no padding
+]
+
+
+@pytest.mark.parametrize("case", TIME_CONV_CASES)
+def test_conv_over_time_fold_matches_native_values_and_grads(case):
+  xs, kt, out, stride, pad = case
+  kx, kk, kc = jax.random.split(jax.random.PRNGKey(1), 3)
+  x = jax.random.normal(kx, xs)
+  k = jax.random.normal(kk, (kt,) + (1,) * (len(xs) - 3) + (xs[-1], out)) * 0.3
+  shape = jax.eval_shape(lambda x, k: conv_over_time(x, k, stride, pad, "native"), x, k).shape
+  cot = jax.random.normal(kc, shape)
+  res = {}
+  for impl in ("native", "fold"):
+    y, vjp = jax.vjp(lambda x, k, i=impl: conv_over_time(x, k, stride, pad, i), x, k)
+    res[impl] = (y, *vjp(cot))
+  for got, ref in zip(res["fold"], res["native"]):
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5)
+  with pytest.raises(ValueError, match="conv impl"):
+    conv_over_time(x, k, stride, pad, "taps")
+  if len(xs) > 3:
+    with pytest.raises(ValueError, match="size-1"):
+      conv_over_time(x, jnp.ones((kt,) + (2,) * (len(xs) - 3) + (xs[-1], out)), stride, pad)
 
 
 def test_conv3d_module_layout_and_auto_impl():

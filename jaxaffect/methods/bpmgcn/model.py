@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect.methods.bpmgcn import gait_features
-from jaxaffect.nn.layers import (BatchNorm, Initializer, dense, kaiming_normal_fan_out,
-                                     torch_default_bias_init, torch_default_kernel_init)
+from jaxaffect.nn.layers import (BatchNorm, Initializer, TemporalConv, dense,
+                                 kaiming_normal_fan_out, torch_default_bias_init,
+                                 torch_default_kernel_init)
 
 Array = jax.Array
 
@@ -97,18 +98,16 @@ class TemporalUnit(nn.Module):
   features: int
   kernel_size: int = 9
   stride: int = 1
+  conv_impl: str = "auto"
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    pad = (self.kernel_size - 1) // 2
     cin = x.shape[-1]
-    x = nn.Conv(self.features, (self.kernel_size, 1), strides=(self.stride, 1),
-                padding=((pad, pad), (0, 0)), use_bias=True, dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    kaiming_normal_fan_out,
-                    (None, None, "conv_in" if cin >= 16 else None, "conv_out")),
-                name="conv")(x)
+    x = TemporalConv(self.features, self.kernel_size, self.stride, (self.kernel_size - 1) // 2,
+                     impl=self.conv_impl, dtype=self.dtype,
+                     kernel_axes=(None, None, "conv_in" if cin >= 16 else None, "conv_out"),
+                     name="conv")(x)
     return BatchNorm(dtype=self.dtype, name="bn")(x, use_running_average=not train)
 
 
