@@ -2,6 +2,7 @@
 forward semantics (attention normalisation, frozen backbone, BN policies, ablations)."""
 import math
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxaffect.nn import count_params
-from jaxaffect.nn.layers import BatchNorm, Conv3D, conv3d, conv_over_time, resolve_conv_impl
+from jaxaffect.nn import layers
+from jaxaffect.nn.layers import BatchNorm, Conv3D, conv, conv3d, resolve_conv_impl
 from jaxaffect.nn.resnet2d import ResNet2D
 from jaxaffect.nn.resnet3d import ResNet3D
 from jaxaffect.nn.transformer import TransformerBlock
@@ -54,36 +56,48 @@ def test_conv3d_impls_match_native_values_and_grads(case):
       np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5, err_msg=impl)
 
 
-# (input shape, kernel taps, out channels, stride, padding) for conv_over_time
-TIME_CONV_CASES = [
-    ((2, 11, 5, 4), 9, 6, 1, 4),    # BPM-GCN tcn: (9, 1) over [B, T, V, C]
-    ((2, 12, 5, 4), 9, 6, 2, 4),    # strided block
-    ((2, 7, 3, 4), 1, 5, 2, 0),     # strided 1x1 residual
-    ((3, 10, 4), 3, 2, 1, 1),       # 1D: [B, T, C]
-    ((1, 5, 2, 2, 3), 3, 4, 2, 0),  # [B, T, H, W, C], no padding
+# (input shape, kernel size, out channels, strides, padding) for nn.layers.conv
+CONV_MATMUL_CASES = [
+    ((2, 11, 5, 4), (9, 1), 6, (1, 1), (4, 0)),   # BPM-GCN tcn: (9, 1) over [B, T, V, C]
+    ((2, 12, 5, 4), (9, 1), 6, (2, 1), (4, 0)),   # strided block
+    ((2, 7, 3, 4), (1, 1), 5, (2, 1), (0, 0)),    # strided 1x1 residual
+    ((3, 10, 4), (3,), 2, (1,), (1,)),            # TSL: Conv1d k3 over [B, T, C]
+    ((2, 14, 12, 1), (7, 7), 3, (3, 2), (3, 3)),  # TSL audio stem
+    ((2, 5, 4, 3), (3, 3), 4, (1, 1), (1, 1)),
+    ((1, 5, 6, 7, 3), (3, 1, 2), 4, (2, 1, 1), (0, 1, 1)),  # 3-d, uneven
 ]
 
 
-@pytest.mark.parametrize("case", TIME_CONV_CASES)
-def test_conv_over_time_fold_matches_native_values_and_grads(case):
-  xs, kt, out, stride, pad = case
+@pytest.mark.parametrize("case", CONV_MATMUL_CASES)
+def test_conv_unfold_matches_native_values_and_grads(case):
+  xs, ks, out, strides, pad = case
   kx, kk, kc = jax.random.split(jax.random.PRNGKey(1), 3)
   x = jax.random.normal(kx, xs)
-  k = jax.random.normal(kk, (kt,) + (1,) * (len(xs) - 3) + (xs[-1], out)) * 0.3
-  shape = jax.eval_shape(lambda x, k: conv_over_time(x, k, stride, pad, "native"), x, k).shape
+  k = jax.random.normal(kk, ks + (xs[-1], out)) * 0.3
+  shape = jax.eval_shape(lambda x, k: conv(x, k, strides, pad, "native"), x, k).shape
   cot = jax.random.normal(kc, shape)
   res = {}
-  for impl in ("native", "fold"):
-    y, vjp = jax.vjp(lambda x, k, i=impl: conv_over_time(x, k, stride, pad, i), x, k)
+  for impl in ("native", "unfold"):
+    y, vjp = jax.vjp(lambda x, k, i=impl: conv(x, k, strides, pad, i), x, k)
     res[impl] = (y, *vjp(cot))
-  for got, ref in zip(res["fold"], res["native"]):
+  for got, ref in zip(res["unfold"], res["native"]):
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5)
   with pytest.raises(ValueError, match="conv impl"):
-    conv_over_time(x, k, stride, pad, "taps")
-  if len(xs) > 3:
-    with pytest.raises(ValueError, match="size-1"):
-      conv_over_time(x, jnp.ones((kt,) + (2,) * (len(xs) - 3) + (xs[-1], out)), stride, pad)
+    conv(x, k, strides, pad, "taps")
+  with pytest.raises(ValueError, match="needs x"):
+    conv(x[..., None], k, strides, pad)
+
+
+def test_conv_module_keeps_nn_conv_variables():
+  x = jnp.ones((2, 6, 5, 3))
+  ours = layers.Conv(4, (3, 1), (1, 1), (1, 0), impl="unfold")
+  ref = nn.Conv(4, (3, 1), padding=((1, 1), (0, 0)),
+                kernel_init=layers.kaiming_normal_fan_out)
+  v_ours = ours.init(jax.random.key(3), x)
+  v_ref = ref.init(jax.random.key(3), x)
+  chex.assert_trees_all_equal(nn.unbox(v_ours), v_ref)  # same names, shapes and drawn values
+  np.testing.assert_allclose(ours.apply(v_ours, x), ref.apply(v_ref, x), rtol=1e-6, atol=1e-6)
 
 
 def test_conv3d_module_layout_and_auto_impl():

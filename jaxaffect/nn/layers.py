@@ -8,6 +8,7 @@ vectors stay unannotated (replicated, they are tiny).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, Callable, Literal
@@ -121,66 +122,82 @@ def conv3d(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[in
   return out
 
 
-def conv_over_time(x: Array, kernel: Array, stride: int, padding: int,
-                   impl: str = "auto") -> Array:
-  """Convolution along axis 1 only: x [B, T, *S, in], kernel [kt, 1, ..., 1, in, out] (every
-  non-temporal kernel size 1), symmetric zero padding on T.
+CONV_MATMUL_IMPLS = ("native", "unfold", "auto")
+
+
+def conv(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[int],
+         impl: str = "auto") -> Array:
+  """N-d convolution x [B, *S, in] with kernel [*K, in, out] (nn.Conv's layout), symmetric zero
+  padding per spatial dim, computed per `impl`:
 
   "native": one lax.conv_general_dilated (cuDNN and TPU convolutions).
-  "fold":   the kt time-shifted (strided) views concatenated along channels and one matmul with
-            the kernel as [kt*in, out]. On XLA:CPU the weight gradient of a native (9, 1)
-            convolution is a convolution with a T x V window that runs at a few GFLOP/s; as a
-            dot it runs 2-4x faster (BPM-GCN, `python -m jaxaffect.tools.versus`). Costs kt
-            copies of the input as a saved activation.
-  "auto":   "fold" on the CPU backend, "native" elsewhere. Both agree to float rounding."""
-  if impl not in ("native", "fold", "auto"):
-    raise ValueError(f"conv impl must be one of ('native', 'fold', 'auto'), got {impl!r}")
+  "unfold": the prod(K) shifted (strided) views of the padded input concatenated along
+            channels, and one matmul with the kernel as [prod(K) * in, out]. On XLA:CPU the
+            weight gradient of a native convolution is a convolution whose window is the
+            whole feature map and runs at a few GFLOP/s (a 1 x 1 kernel included); as a dot it
+            runs near 100 GFLOP/s (BPM-GCN's (9, 1) temporal convolutions: a 1.5x faster
+            train step). Costs prod(K) copies of the input as a saved activation.
+  "auto":   "unfold" on the CPU backend, "native" elsewhere. Both agree to float rounding."""
+  if impl not in CONV_MATMUL_IMPLS:
+    raise ValueError(f"conv impl must be one of {CONV_MATMUL_IMPLS}, got {impl!r}")
+  nd = kernel.ndim - 2
+  strides, padding = tuple(int(v) for v in strides), tuple(int(v) for v in padding)
+  if x.ndim != nd + 2 or len(strides) != nd or len(padding) != nd:
+    raise ValueError(f"conv of a {nd}-d kernel {kernel.shape} needs x [B, {nd} dims, C] and "
+                     f"{nd} strides/paddings; got x {x.shape}, strides {strides}, "
+                     f"padding {padding}")
   if impl == "auto":
-    impl = "fold" if jax.default_backend() == "cpu" else "native"
-  kt = kernel.shape[0]
-  if any(d != 1 for d in kernel.shape[1:-2]):
-    raise ValueError(f"conv_over_time needs size-1 non-temporal kernel dims, got {kernel.shape}")
+    impl = "unfold" if jax.default_backend() == "cpu" else "native"
   if impl == "native":
-    n = x.ndim - 2
-    spatial = "".join("HWD"[i] for i in range(n))
+    sp = "DHW"[3 - nd:] if nd <= 3 else None
+    if sp is None:
+      raise ValueError(f"native conv supports 1-3 spatial dims, got {nd}")
     return lax.conv_general_dilated(
-        x, kernel, window_strides=(stride,) + (1,) * (n - 1),
-        padding=[(padding, padding)] + [(0, 0)] * (n - 1),
-        dimension_numbers=("N" + spatial + "C", spatial + "IO", "N" + spatial + "C"))
-  t_out = (x.shape[1] + 2 * padding - kt) // stride + 1
-  if t_out <= 0:
-    raise ValueError(f"temporal size {x.shape[1]} too small for kernel {kt} pad {padding}")
-  xp = jnp.pad(x, [(0, 0), (padding, padding)] + [(0, 0)] * (x.ndim - 2)) if padding else x
-  views = [lax.slice_in_dim(xp, i, i + stride * (t_out - 1) + 1, stride, axis=1)
-           for i in range(kt)]
-  xf = views[0] if kt == 1 else jnp.concatenate(views, axis=-1)
-  return jnp.einsum("...c,cd->...d", xf, kernel.reshape(kt * kernel.shape[-2], -1))
+        x, kernel, window_strides=strides, padding=[(p, p) for p in padding],
+        dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
+  out = [(x.shape[1 + i] + 2 * padding[i] - kernel.shape[i]) // strides[i] + 1
+         for i in range(nd)]
+  if min(out) <= 0:
+    raise ValueError(f"input {x.shape} too small for kernel {kernel.shape[:nd]} with padding "
+                     f"{padding}")
+  if any(padding):
+    x = jnp.pad(x, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
+  views = []
+  for offsets in itertools.product(*(range(k) for k in kernel.shape[:nd])):
+    v = x
+    for axis, (o, s_, n) in enumerate(zip(offsets, strides, out), start=1):
+      v = lax.slice_in_dim(v, o, o + s_ * (n - 1) + 1, s_, axis=axis)
+    views.append(v)
+  # Views in row-major order of the kernel's offsets: the order of kernel.reshape(-1, out).
+  xf = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+  return jnp.einsum("...c,cd->...d", xf, kernel.reshape(-1, kernel.shape[-1]))
 
 
-class TemporalConv(nn.Module):
-  """nn.Conv's variables (kernel [kt, 1, ..., in, out], bias) for a convolution along T only,
-  computed by `conv_over_time` (`impl`)."""
+class Conv(nn.Module):
+  """nn.Conv's variables (kernel [*K, in, out], bias) with PyTorch-style symmetric padding,
+  computed by `conv` (`impl`; on the CPU backend as one matmul)."""
   features: int
-  kernel_size: int
-  stride: int = 1
-  padding: int = 0
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  padding: Sequence[int] | None = None
   use_bias: bool = True
   impl: str = "auto"
   dtype: Dtype | None = None
   kernel_init: Initializer = kaiming_normal_fan_out
   bias_init: Initializer = nn.initializers.zeros_init()
-  kernel_axes: tuple[str | None, ...] = (None, None, "conv_in", "conv_out")
+  kernel_axes: tuple[str | None, ...] | None = None  # default: (None, ..., "conv_in", "conv_out")
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    shape = (self.kernel_size,) + (1,) * (x.ndim - 3) + (x.shape[-1], self.features)
-    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init,
-                                                               self.kernel_axes),
-                        shape, jnp.float32)
+    ks = tuple(self.kernel_size)
+    axes = self.kernel_axes or (None,) * len(ks) + ("conv_in", "conv_out")
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, axes),
+                        ks + (x.shape[-1], self.features), jnp.float32)
     bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_over_time(x, kernel, self.stride, self.padding, self.impl)
+    y = conv(x, kernel, self.strides or (1,) * len(ks), self.padding or (0,) * len(ks),
+             self.impl)
     return y + bias if bias is not None else y
 
 

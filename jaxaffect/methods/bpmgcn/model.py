@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect.methods.bpmgcn import gait_features
-from jaxaffect.nn.layers import (BatchNorm, Initializer, TemporalConv, dense,
+from jaxaffect.nn.layers import (BatchNorm, Conv, Initializer, dense,
                                  kaiming_normal_fan_out, torch_default_bias_init,
                                  torch_default_kernel_init)
 
@@ -104,10 +104,10 @@ class TemporalUnit(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     cin = x.shape[-1]
-    x = TemporalConv(self.features, self.kernel_size, self.stride, (self.kernel_size - 1) // 2,
-                     impl=self.conv_impl, dtype=self.dtype,
-                     kernel_axes=(None, None, "conv_in" if cin >= 16 else None, "conv_out"),
-                     name="conv")(x)
+    x = Conv(self.features, (self.kernel_size, 1), (self.stride, 1),
+             ((self.kernel_size - 1) // 2, 0), impl=self.conv_impl, dtype=self.dtype,
+             kernel_axes=(None, None, "conv_in" if cin >= 16 else None, "conv_out"),
+             name="conv")(x)
     return BatchNorm(dtype=self.dtype, name="bn")(x, use_running_average=not train)
 
 
@@ -159,8 +159,12 @@ class AdaptiveGraphConv(nn.Module):
     fb = jnp.einsum("btvc,kci->bktvi", x, wb) + bb[None, :, None, None, :]
     logits = jnp.einsum("bktvi,bktwi->bkvw", fa, fb).astype(jnp.float32) / (inter * t)
     adj = jax.nn.softmax(logits, axis=-2) + (a_fixed + pa)[None]   # [B, K, V(src), V(dst)]
-    agg = jnp.einsum("btvc,bkvw->bktwc", x, adj.astype(x.dtype))
-    y = jnp.einsum("bktwc,kcd->btwd", agg, wd) + jnp.sum(bd, 0)
+    # Aggregation as one small matmul per frame, [w, (k, v)] @ [v, c], with the adjacency
+    # broadcast over t: the result [b, t, w, k, c] feeds the channel matmul over (k, c) with no
+    # transpose of the activations (the "bktwc" form cost XLA:CPU a transpose per block).
+    a = jnp.broadcast_to(jnp.transpose(adj, (0, 3, 1, 2))[:, None], (b, t, v, k_sub, v))
+    agg = jnp.einsum("btwkv,btvc->btwkc", a.astype(x.dtype), x)
+    y = jnp.einsum("btwkc,kcd->btwd", agg, wd) + jnp.sum(bd, 0)
     y = BatchNorm(scale_init=nn.initializers.constant(1e-6), dtype=self.dtype,
                   name="bn")(y, use_running_average=not train)
     if cin != self.features:

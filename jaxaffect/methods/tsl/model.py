@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxaffect.nn.layers import BatchNorm, torch_default_bias_init, torch_default_kernel_init
+from jaxaffect.nn.layers import (BatchNorm, Conv, torch_default_bias_init,
+                                 torch_default_kernel_init)
 
 Array = jax.Array
 MODALITIES = ("both", "visual", "audio")
@@ -85,14 +86,12 @@ def topk_mean(x: Array, k: Array, mask: Array) -> Array:
 
 def _conv(features: int, kernel: Sequence[int], fan_in: int, *, strides=None, padding=None,
           use_bias: bool = True, dtype=None, name: str | None = None,
-          axes: tuple[str | None, ...] | None = None) -> nn.Conv:
-  """nn.Conv with PyTorch's default init and symmetric padding."""
-  kernel = tuple(kernel)
-  axes = axes or (None,) * (len(kernel)) + ("conv_in", "conv_out")
-  pad = [(p, p) for p in (padding if padding is not None else [0] * len(kernel))]
-  return nn.Conv(features, kernel, strides=strides, padding=pad, use_bias=use_bias, dtype=dtype,
-                 kernel_init=nn.with_logical_partitioning(torch_default_kernel_init, axes),
-                 bias_init=torch_default_bias_init(fan_in), name=name)
+          axes: tuple[str | None, ...] | None = None) -> Conv:
+  """nn.Conv's variables with PyTorch's default init and symmetric padding (one matmul on the
+  CPU backend: `nn.layers.conv`)."""
+  return Conv(features, tuple(kernel), strides, padding, use_bias=use_bias, dtype=dtype,
+              kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(fan_in),
+              kernel_axes=axes, name=name)
 
 
 class AudioCNN(nn.Module):
