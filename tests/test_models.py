@@ -69,7 +69,7 @@ CONV_MATMUL_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_MATMUL_CASES)
-def test_conv_unfold_matches_native_values_and_grads(case):
+def test_conv_unfold_and_hybrid_match_native_values_and_grads(case):
   xs, ks, out, strides, pad = case
   kx, kk, kc = jax.random.split(jax.random.PRNGKey(1), 3)
   x = jax.random.normal(kx, xs)
@@ -77,12 +77,16 @@ def test_conv_unfold_matches_native_values_and_grads(case):
   shape = jax.eval_shape(lambda x, k: conv(x, k, strides, pad, "native"), x, k).shape
   cot = jax.random.normal(kc, shape)
   res = {}
-  for impl in ("native", "unfold"):
+  for impl in ("native", "unfold", "hybrid"):
     y, vjp = jax.vjp(lambda x, k, i=impl: conv(x, k, strides, pad, i), x, k)
     res[impl] = (y, *vjp(cot))
-  for got, ref in zip(res["unfold"], res["native"]):
-    assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5)
+  for impl in ("unfold", "hybrid"):
+    for got, ref in zip(res[impl], res["native"]):
+      assert got.shape == ref.shape
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5, err_msg=impl)
+  np.testing.assert_array_equal(res["hybrid"][0], res["native"][0])  # its forward is native
+  for got, ref in zip(res["hybrid"][1:], res["unfold"][1:]):
+    np.testing.assert_array_equal(got, ref)  # its gradients are unfold's
   with pytest.raises(ValueError, match="conv impl"):
     conv(x, k, strides, pad, "taps")
   with pytest.raises(ValueError, match="needs x"):
