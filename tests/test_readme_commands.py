@@ -32,6 +32,7 @@ RUN_BY = {
                                         '"-m", "jaxaffect.tools.best_over_evals"'),
     "jaxaffect.tools.sweep": ("test_sweep.py", "sweep.main(["),
     "jaxaffect.tools.versus": ("test_versus.py", "versus.main(["),
+    "jaxaffect.tools.profile_step": ("test_profile_step.py", "profile_step.main(["),
     "data_pipelines.synthetic": ("test_synthetic.py", "cli.main(args)"),
     "pytest": (None, None),  # the CI runs it
     "launch/local.sh": ("test_multiprocess.py", '"launch/local.sh"'),

@@ -1,0 +1,144 @@
+"""Where a config's jitted train (or eval) step spends its time: one step under jax.profiler,
+each XLA thunk event mapped to its HLO instruction and summed by op kind and source op.
+
+  python -m jaxaffect.tools.profile_step --config configs/<x>.py[:arg] [--config.k=v ...]
+      [--eval] [--top 25] [--trace_dir DIR]
+
+Usage and output: README, "Speed versus the originals".
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+from jaxaffect import config_lib
+from jaxaffect.errors import UserError, one_line
+
+
+def _instructions(hlo: str) -> dict[str, tuple[str, str]]:
+  """HLO instruction name -> (kind, source op name). kind is the op, or for a fusion the
+  heaviest op it calls (convolution > dot > the fusion's own name)."""
+  bodies, cur, buf = {}, None, []
+  for line in hlo.splitlines():
+    head = re.match(r"%?([\w.\-]+) .*\{$", line)
+    if head and not line.startswith(" "):
+      cur, buf = head.group(1), []
+    elif line.startswith("}") and cur:
+      bodies[cur] = "\n".join(buf)
+      cur = None
+    elif cur:
+      buf.append(line)
+  out = {}
+  for line in hlo.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^=]*?\)|\S+) ([\w\-]+)\((.*)", line)
+    if not m:
+      continue
+    name, op, rest = m.groups()
+    calls = re.search(r"calls=%?([\w.\-]+)", rest)
+    body = bodies.get(calls.group(1), "") if calls else ""
+    kind = ("convolution" if "convolution(" in body else "dot" if " dot(" in body
+            else op)
+    meta = re.search(r'op_name="([^"]*)"', rest)
+    out[name] = (kind, meta.group(1) if meta else "")
+  return out
+
+
+def _source(op_name: str) -> str:
+  """'jit(train_step)/.../l5_p/tcn1/conv/...c,cd->...d/dot_general' -> 'tcn1/conv ... dot_general'
+  with the layer index dropped, so the same op of every block adds up."""
+  parts = [p for p in op_name.split("/")[1:] if not re.fullmatch(r"(jvp|transpose)\(.*\)", p)]
+  parts = [re.sub(r"_\d+$|\d+_[pm]$", "", p) for p in parts]
+  return "/".join(parts[-3:])
+
+
+def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) -> dict:
+  import jax
+  from jax.profiler import ProfileData
+
+  from jaxaffect import steps as steps_lib
+  from jaxaffect import trainer
+  from jaxaffect.tools.benchmark import _random_batch
+  s = trainer.setup(config, prepare_data=False)
+  gb = int(config.batch_size)
+  local = _random_batch(s.method.example_batch(gb // jax.process_count()))
+  with s.context():
+    batch = steps_lib.make_global_batch(local, s.batch_sharding)
+    state = s.init_fn(jax.random.key(0))
+    rng = jax.random.key(0)
+    t0 = time.perf_counter()
+    if eval_step:
+      compiled = s.eval_step.lower(state, batch).compile()
+      run = lambda st: (st, compiled(st, batch))  # noqa: E731
+    else:
+      compiled = s.train_step.lower(state, batch, rng).compile()
+      run = lambda st: compiled(st, batch, rng)  # noqa: E731
+    compile_s = time.perf_counter() - t0
+    state, out = run(state)  # warm-up
+    jax.block_until_ready(out)
+    trace_dir = trace_dir or tempfile.mkdtemp(prefix="jaxaffect-profile-")
+    t0 = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      state, out = run(state)
+      jax.block_until_ready(out)
+    step_s = time.perf_counter() - t0
+  files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+  if not files:
+    raise UserError(f"jax.profiler wrote no trace under {trace_dir}")
+  data = ProfileData.from_file(max(files, key=os.path.getmtime))
+  instr = _instructions(compiled.as_text())
+  by_kind, by_source, total = collections.Counter(), collections.Counter(), 0
+  for plane in data.planes:
+    for line in plane.lines:
+      for ev in line.events:
+        if ev.name not in instr:
+          continue  # executor, thread-pool and Python events
+        kind, src = instr[ev.name]
+        by_kind[kind] += ev.duration_ns
+        by_source[f"{kind:12s} {_source(src)}"] += ev.duration_ns
+        total += ev.duration_ns
+  return {"compile_s": compile_s, "profiled_step_s": step_s, "trace_dir": trace_dir,
+          "op_time_s": total / 1e9, "by_kind": by_kind, "by_source": by_source}
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m jaxaffect.tools.profile_step",
+                              description="Per-op time of one jitted step (README).")
+  p.add_argument("--config", required=True, help="config file path[:arg]; --config.k=v overrides")
+  p.add_argument("--eval", action="store_true", help="profile the eval step instead")
+  p.add_argument("--top", type=int, default=25, help="rows of the per-source table")
+  p.add_argument("--trace_dir", default=None,
+                 help="keep the trace here (TensorBoard/Perfetto); default: a temp dir")
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    rest, overrides = config_lib.split_overrides(argv)
+    args = _parser().parse_args(rest)
+    config = config_lib.load(args.config, overrides)
+    config_lib.check_common(config)
+    res = profile(config, eval_step=args.eval, trace_dir=args.trace_dir)
+  except UserError as e:
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    return 1
+  total = res["op_time_s"] or 1e-12
+  print(f"compile {res['compile_s']:.1f} s; profiled step {res['profiled_step_s']:.3f} s; "
+        f"op time summed over threads {res['op_time_s']:.3f} s; trace {res['trace_dir']}")
+  print("by op kind:")
+  for k, v in res["by_kind"].most_common():
+    print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")
+  print(f"by source op (top {args.top}; layer indices dropped):")
+  for k, v in res["by_source"].most_common(args.top):
+    print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
