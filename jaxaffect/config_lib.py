@@ -160,6 +160,16 @@ def sibling_config(this_file: str, name: str, arg: str | None = None):
   return sibling_module(this_file, name).get_config(arg)
 
 
+def tool_args(parser, argv: Sequence[str]):
+  """(args, config) of a tool's command line: `--config.k=v` overrides are split off, the rest
+  is parsed by `parser` (which defines --config), the config is loaded and checked."""
+  rest, overrides = split_overrides(argv)
+  args = parser.parse_args(rest)
+  config = load(args.config, overrides)
+  check_common(config)
+  return args, config
+
+
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """Separates `--config.a.b=v` / `--config.a.b v` from the other arguments."""
   rest, overrides = [], []

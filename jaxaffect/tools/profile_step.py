@@ -120,10 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    rest, overrides = config_lib.split_overrides(argv)
-    args = _parser().parse_args(rest)
-    config = config_lib.load(args.config, overrides)
-    config_lib.check_common(config)
+    args, config = config_lib.tool_args(_parser(), argv)
     res = profile(config, eval_step=args.eval, trace_dir=args.trace_dir)
   except UserError as e:
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)

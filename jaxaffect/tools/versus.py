@@ -522,10 +522,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    rest, overrides = config_lib.split_overrides(argv)
-    args = _parser().parse_args(rest)
-    config = config_lib.load(args.config, overrides)
-    config_lib.check_common(config)
+    args, config = config_lib.tool_args(_parser(), argv)
     from jaxaffect import optim  # deferred: config errors come before jax loads
     optim.check_config(config)
     run(config, steps=args.steps, warmup=args.warmup, eval_steps=args.eval_steps,
