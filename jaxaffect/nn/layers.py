@@ -60,15 +60,24 @@ def resolve_conv_impl(impl: str) -> str:
   return impl
 
 
+def _conv_native(x, kernel, strides, padding):
+  """One lax.conv_general_dilated, channels last, symmetric padding (1-3 spatial dims)."""
+  nd = kernel.ndim - 2
+  if not 1 <= nd <= 3:
+    raise ValueError(f"native conv supports 1-3 spatial dims, got {nd}")
+  sp = "DHW"[3 - nd:]
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=strides, padding=[(p, p) for p in padding],
+      dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
+
+
 def _conv2d(x: Array, k: Array, strides, padding) -> Array:
   if k.shape[:2] == (1, 1) and tuple(padding) == (0, 0):
     # Pointwise: a strided slice and a matmul beat XLA:CPU's 1x1 conv by 1.5-3x.
     if tuple(strides) != (1, 1):
       x = x[:, ::strides[0], ::strides[1]]
     return jnp.einsum("nhwc,cd->nhwd", x, k[0, 0])
-  return lax.conv_general_dilated(
-      x, k, window_strides=strides, padding=[(p, p) for p in padding],
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return _conv_native(x, k, strides, padding)
 
 
 def conv3d(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[int],
@@ -88,9 +97,7 @@ def conv3d(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[in
   pt, ph, pw = padding
   kt = kernel.shape[0]
   if impl == "native":
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=(st, sh, sw), padding=[(pt, pt), (ph, ph), (pw, pw)],
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return _conv_native(x, kernel, (st, sh, sw), (pt, ph, pw))
   b, t, h, w, c = x.shape
   t_out = (t + 2 * pt - kt) // st + 1
   if t_out <= 0:
@@ -124,16 +131,6 @@ def conv3d(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[in
 
 
 CONV_MATMUL_IMPLS = ("native", "unfold", "hybrid", "auto")
-
-
-def _conv_native(x, kernel, strides, padding):
-  nd = kernel.ndim - 2
-  if not 1 <= nd <= 3:
-    raise ValueError(f"native conv supports 1-3 spatial dims, got {nd}")
-  sp = "DHW"[3 - nd:]
-  return lax.conv_general_dilated(
-      x, kernel, window_strides=strides, padding=[(p, p) for p in padding],
-      dimension_numbers=("N" + sp + "C", sp + "IO", "N" + sp + "C"))
 
 
 def _conv_unfold(x, kernel, strides, padding):

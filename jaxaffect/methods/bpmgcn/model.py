@@ -98,14 +98,13 @@ class TemporalUnit(nn.Module):
   features: int
   kernel_size: int = 9
   stride: int = 1
-  conv_impl: str = "auto"
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     cin = x.shape[-1]
     x = Conv(self.features, (self.kernel_size, 1), (self.stride, 1),
-             ((self.kernel_size - 1) // 2, 0), impl=self.conv_impl, dtype=self.dtype,
+             ((self.kernel_size - 1) // 2, 0), dtype=self.dtype,
              kernel_axes=(None, None, "conv_in" if cin >= 16 else None, "conv_out"),
              name="conv")(x)
     return BatchNorm(dtype=self.dtype, name="bn")(x, use_running_average=not train)
