@@ -69,6 +69,7 @@ def get_config(arg=None):
   # affective_head=False removes fc2_aff (then loss.affective_weight must be 0).
   m.streams = "both"         # "both" | "posture" | "movement"
   m.affective_head = True
+  m.dtype = "float32"         # compute dtype ("bfloat16"); params, BN statistics, logits float32
 
   c.loss = dict(affective_weight=1.0, mask_affective_padding=False)
 

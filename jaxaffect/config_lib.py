@@ -96,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
   # keys) or "allow" (continue; the change is recorded in config.json's history).
   c.resume_changes = "refuse"
   c.log_every_steps = 10
+  # Peak FLOP/s of one device for MFU (--mode benchmark, tools.versus); 0: known chips by kind.
+  c.benchmark_peak_flops = 0.0
   # Evaluators (jaxaffect/evaluators.py): name -> {type, every_steps, **options}; the name
   # prefixes the metrics. eval_every_steps is the cadence of those that set none (0: at the end).
   c.eval_every_steps = 0
@@ -288,7 +290,7 @@ def check_common(config) -> None:
 RESUME_FREE = ("mesh.", "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size",
                "evals.",
                "dataset.data_dir", "dataset.manual_dir", "dataset.worker_count", "init_from",
-               "resume_changes")
+               "resume_changes", "benchmark_peak_flops")
 HISTORY_KEY = "_resume_history"  # config.json: the changes accepted with resume_changes=allow
 
 

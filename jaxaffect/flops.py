@@ -55,3 +55,18 @@ def _count(jaxpr) -> int:
 def count_flops(fn: Callable, *args: Any, **kwargs: Any) -> int:
   """Matmul + convolution FLOPs of one call of `fn` (arguments may be ShapeDtypeStructs)."""
   return _count(jax.make_jaxpr(fn, **kwargs)(*args).jaxpr)
+
+
+# Dense bf16 peak FLOP/s per chip (vendor figures): the denominator of MFU, for every dtype.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+              "TPU v5e": 197e12, "TPU v5p": 459e12}
+
+
+def peak_flops(config) -> float | None:
+  """Peak FLOP/s of one device: `config.benchmark_peak_flops` when set, else PEAK_FLOPS by the
+  device kind; None when unknown (the CPU)."""
+  p = float(config.get("benchmark_peak_flops", 0.0) or 0.0)
+  if p:
+    return p
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)

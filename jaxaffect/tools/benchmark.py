@@ -19,22 +19,6 @@ from jaxaffect import steps as steps_lib
 from jaxaffect import trainer
 from jaxaffect.errors import UserError
 
-# Dense bf16 peak FLOP/s per chip (vendor figures).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-              "TPU v5e": 197e12, "TPU v5p": 459e12}
-
-
-def _peak(config) -> float | None:
-  p = float(config.get("benchmark_peak_flops", 0.0) or 0.0)
-  if p:
-    return p
-  kind = jax.devices()[0].device_kind
-  for k, v in PEAK_FLOPS.items():
-    if k.lower() in kind.lower():
-      return v
-  return None
-
-
 def _random_batch(example: dict, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   out = {}
@@ -85,7 +69,7 @@ def run(config, num_steps: int = 10, input_batches: int = 10) -> dict:
   res["step_time_s_median"] = statistics.median(times)
   res["step_time_s_min"] = min(times)
   res["examples_per_s"] = gb / res["step_time_s_median"]
-  peak = _peak(config)
+  peak = flops.peak_flops(config)
   if peak and np.isfinite(res["flops_per_step"]):
     res["mfu"] = res["flops_per_step"] / res["step_time_s_median"] / (peak * jax.device_count())
   stats = jax.devices()[0].memory_stats() or {}

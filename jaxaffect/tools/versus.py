@@ -19,7 +19,8 @@ none) eval steps. Reported per side and step: median, mean, min/max and quartile
 (ours: first call minus the median call; torch: its first step, and the same difference); the
 host RSS while each side steps (peak, and the transient on top of the RSS before its step,
 sampled every 5 ms), its process's peak RSS and the RSS its set-up added; device peaks where
-the backends report them (JAX's peak_bytes_in_use, torch.cuda.max_memory_allocated).
+the backends report them (JAX's peak_bytes_in_use, torch.cuda.max_memory_allocated); MFU of
+each side where the device's peak is known (jaxaffect.flops: our step's model FLOPs).
 The last line is `ours_s=A torch_s=B ratio=A/B` (train-step medians, seconds); the line before
 it is every figure as one JSON object.
 
@@ -307,6 +308,7 @@ def _build_ours(config, *, seed: int, local: dict) -> _Side:
   """The jitted train/eval steps as `--mode benchmark` builds them, on a device-resident copy
   of `local`, the PyTorch side's batch (the reference module that draws it imports torch)."""
   import jax  # deferred (with the modules below): config errors come before jax loads
+  from jaxaffect import flops
   from jaxaffect import sharding as shd
   from jaxaffect import steps as steps_lib
   from jaxaffect import trainer
@@ -320,7 +322,10 @@ def _build_ours(config, *, seed: int, local: dict) -> _Side:
     eval_batch = {k: batch[k] for k in keys if k in batch}
     holder = {"state": s.init_fn(jax.random.key(seed))}
     jax.block_until_ready(holder["state"])
-  rng = jax.random.key(seed)
+    rng = jax.random.key(seed)
+    # The model FLOPs of one step (the same model as the reference's: MFU for both sides).
+    step_flops = {"train": flops.count_flops(s.train_step, holder["state"], batch, rng),
+                  "eval": flops.count_flops(s.eval_step, holder["state"], eval_batch)}
 
   def train():
     with s.context():
@@ -336,7 +341,9 @@ def _build_ours(config, *, seed: int, local: dict) -> _Side:
 
   info = {"jax_version": jax.__version__, "backend": jax.default_backend(),
           "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-          "mesh": shd.describe(s.mesh), "batch": {k: list(v.shape) for k, v in local.items()}}
+          "mesh": shd.describe(s.mesh), "batch": {k: list(v.shape) for k, v in local.items()},
+          "flops_per_step": {k: float(v) for k, v in step_flops.items()},
+          "peak_flops_per_device": flops.peak_flops(config)}
   return _Side("ours", train, evaluate, info, _rss_bytes() - rss0, device_peak)
 
 
@@ -446,6 +453,13 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_steps: int | None = No
     if kind in reports["ours"] and kind in reports["torch"]:
       res[f"ratio_{kind}"] = (reports["ours"][kind]["median_s"]
                               / reports["torch"][kind]["median_s"])
+  peak = ours.info.get("peak_flops_per_device")
+  for name in ("ours", "torch"):
+    for kind in ("train", "eval"):
+      if peak and kind in reports[name]:
+        reports[name][f"{kind}_mfu"] = (ours.info["flops_per_step"][kind]
+                                        / reports[name][kind]["median_s"]
+                                        / (peak * ours.info["num_devices"]))
   log(_table(res))
   log(json.dumps(res))
   a, b = res["ours"]["train"]["median_s"], res["torch"]["train"]["median_s"]
@@ -496,6 +510,9 @@ def _table(res: dict) -> str:
             f"{mib(r['host_rss_setup_bytes'])}")
     if "device_peak_bytes" in r:
       line += f"; device peak {mib(r['device_peak_bytes'])}"
+    mfu = [f"{k} {r[f'{k}_mfu']:.3g}" for k in ("train", "eval") if f"{k}_mfu" in r]
+    if mfu:
+      line += "; MFU " + ", ".join(mfu)
     rows.append(line)
   rows.append("ratio ours/torch (medians): " + ", ".join(
       f"{k} {res[f'ratio_{k}']:.3g}" for k in ("train", "eval") if f"ratio_{k}" in res))

@@ -202,7 +202,8 @@ def versus_reference(config, method, batch: dict, ctx) -> dict:
     for i in range(b):  # one video per forward, as the original
       with ctx.autocast():
         out = forward(rgb[i:i + 1], audio[i:i + 1], train=on["cpc"])
-        t = video_loss_terms(out, rows[i], counts[i:i + 1], config, ctx.device)
+      # The loss in float32, as ours (and CUDA autocast refuses binary_cross_entropy).
+      t = video_loss_terms(out, rows[i], counts[i:i + 1], config, ctx.device)
       t = {k: v if on[k] else torch.zeros_like(v) for k, v in t.items()}
       loss = (lam[0] * t["video"]
               + lam[1] * ((1 - lam[2]) * t["frame"] + lam[2] * (t["background"]
