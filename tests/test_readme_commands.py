@@ -75,6 +75,8 @@ def test_benchmark_mode_on_smoke(smoke_data_dir):
   res = json.loads(r.stdout.strip().splitlines()[-1])
   assert res["step_time_s_median"] > 0
   assert isinstance(res["input_examples_per_s"], float)  # the input pipeline was timed too
+  assert res["input_over_step_examples"] == pytest.approx(
+      res["input_examples_per_s"] / res["examples_per_s"])
 
 
 def test_feature_cache_cli_builds_a_cache_training_uses(tmp_path, smoke_data_dir):

@@ -17,6 +17,7 @@ from jaxaffect import flops
 from jaxaffect import sharding as shd
 from jaxaffect import steps as steps_lib
 from jaxaffect import trainer
+from jaxaffect.data import throughput
 from jaxaffect.errors import UserError
 
 def _random_batch(example: dict, seed: int = 0) -> dict:
@@ -82,12 +83,13 @@ def run(config, num_steps: int = 10, input_batches: int = 10) -> dict:
     it = s.method.train_iterator(seed=0, global_batch_size=gb,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
-    next(it)  # start-up (workers, file opening) is not throughput
-    t = time.perf_counter()
-    for _ in range(input_batches):
-      next(it)
-    res["input_examples_per_s"] = input_batches * gb / jax.process_count() / (
-        time.perf_counter() - t)
+    # The first batch (workers, file opening) is not throughput.
+    res["input_examples_per_s"] = throughput.measure_examples_per_sec(
+        it, input_batches, gb // jax.process_count())
+    # How many train steps' worth of examples the pipeline delivers per step (per process):
+    # below 1 the input pipeline is the bottleneck.
+    res["input_over_step_examples"] = res["input_examples_per_s"] / (
+        res["examples_per_s"] / jax.process_count())
   except (UserError, FileNotFoundError, ImportError) as e:
     res["input_examples_per_s"] = f"skipped: {e}"
   if jax.process_index() == 0:
