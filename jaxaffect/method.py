@@ -109,7 +109,11 @@ def method_class(name: str) -> type:
   if ":" in name:  # "some.module:ClassName" for methods that live outside the package
     module_name, _, cls = name.partition(":")
     return getattr(importlib.import_module(module_name), cls)
-  return getattr(method_package(name), "Method")
+  package = method_package(name)
+  if not hasattr(package, "Method"):  # a paper being ported: its pieces exist, no Method yet
+    raise UserError(f"config.method: {name!r} cannot train yet ({package.__name__} defines no "
+                    f"Method; see its docstring)")
+  return package.Method
 
 
 def method_package(name: str, submodule: str = ""):

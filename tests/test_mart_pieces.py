@@ -1,0 +1,100 @@
+"""MART's first pieces on their own: patch/tubelet embeddings and position tables (jaxaffect/nn/
+patches.py) and the AttMask-Hint masking with its ratio schedule (methods/mart/masking.py)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxaffect.methods.mart import masking
+from jaxaffect.nn import patches
+
+
+@pytest.mark.parametrize("patch,shape", [((2, 16, 16), (2, 4, 32, 48, 3)),
+                                         ((16, 16), (2, 32, 48, 1))])
+def test_patch_embed_equals_a_valid_strided_conv(patch, shape):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+  emb = patches.PatchEmbed(8, patch)
+  variables = emb.init(jax.random.key(0), x)
+  ours = emb.apply(variables, x)
+  conv = nn.Conv(8, patch, strides=patch, padding="VALID")
+  ref = conv.apply({"params": nn.unbox(variables["params"])}, x)  # the same variable names
+  grid = [s // p for s, p in zip(shape[1:-1], patch)]
+  assert ours.shape == (shape[0], int(np.prod(grid)), 8)
+  np.testing.assert_allclose(ours, ref.reshape(ours.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_patchify_refuses_a_shape_the_patch_does_not_divide():
+  with pytest.raises(ValueError, match="not divisible"):
+    patches.patchify(jnp.zeros((1, 5, 16, 3)), (2, 16))
+
+
+def test_sincos_table_by_hand():
+  t = patches.sincos_table(400, 768)
+  assert t.shape == (400, 768) and t.dtype == np.float32
+  np.testing.assert_array_equal(t[0, 0::2], 0.0)
+  np.testing.assert_array_equal(t[0, 1::2], 1.0)
+  assert t[391, 0] == np.float32(np.sin(391.0)) and t[391, 1] == np.float32(np.cos(391.0))
+  # column pair (2, 3) has angle pos / 10000^(2/768)
+  assert t[5, 3] == np.float32(np.cos(5.0 / 10000.0 ** (2 / 768)))
+
+
+def test_crop_position_grid_takes_ast_centre_window():
+  table = np.arange(12 * 101, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+  out = patches.crop_position_grid(table, (12, 101), (12, 9))
+  grid = out[:, 0].reshape(12, 9)
+  # AST keeps time columns 50 - 9 // 2 = 46 ... 54 of each of the 12 frequency rows.
+  np.testing.assert_array_equal(grid, np.arange(12)[:, None] * 101 + np.arange(46, 55)[None])
+  with pytest.raises(ValueError, match="larger"):
+    patches.crop_position_grid(table, (12, 101), (12, 102))
+
+
+def test_ratio_schedule_values():
+  r = [float(masking.ratio_schedule(e)) for e in (0, 1, 25, 50, 80, 100)]
+  np.testing.assert_allclose(r, [0.1, 0.108, 0.3, 0.5, 0.5, 0.5], rtol=1e-6)
+
+
+def _scores(b=64, n=392, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).permutation(b * n).reshape(b, n), jnp.float32)
+
+
+def test_attmask_masks_the_top_tokens_when_gated_on_without_hints():
+  s = _scores()
+  m = masking.attmask_hint(s, 0.5, jax.random.key(0), clip_prob=1.0, hint_ratio=0.0)
+  assert m.shape == s.shape and m.dtype == jnp.bool_
+  top = np.argsort(-np.asarray(s), axis=1)[:, :196]
+  want = np.zeros(s.shape, bool)
+  np.put_along_axis(want, top, True, axis=1)
+  np.testing.assert_array_equal(m, want)
+
+
+def test_attmask_hints_come_from_the_most_attended_tokens():
+  s = _scores()
+  r = 0.5
+  m = np.asarray(masking.attmask_hint(s, r, jax.random.key(1), clip_prob=1.0))
+  rank = np.argsort(np.argsort(-np.asarray(s), axis=1), axis=1)
+  n_hints = int(0.1 * r * 392)   # 19 of the top 39 are shown again
+  assert (m.sum(1) == 196 - n_hints).all()
+  shown = (rank < 196) & ~m
+  assert (rank[shown] < 39).all()          # only from the hint pool
+  assert len({tuple(np.flatnonzero(row)) for row in shown}) > 1  # drawn, not fixed
+  assert not m[rank >= 196].any()
+
+
+def test_attmask_clip_gate_and_traced_ratio():
+  s = _scores(b=400)
+  m = masking.attmask_hint(s, 0.3, jax.random.key(2))
+  per_clip = np.asarray(m.sum(1))
+  masked_clips = per_clip > 0
+  assert set(np.unique(per_clip)) == {0, 117 - int(0.1 * 0.3 * 392)}
+  assert 0.4 < masked_clips.mean() < 0.6   # clip_prob 0.5 over 400 clips
+  jitted = jax.jit(masking.attmask_hint)(s, jnp.float32(0.3), jax.random.key(2))
+  np.testing.assert_array_equal(jitted, m)  # the ratio may be traced: one compile per run
+
+
+def test_mart_is_refused_with_one_line_until_its_method_exists():
+  from jaxaffect import method as methods
+  from jaxaffect.errors import UserError
+  assert "mart" in methods.known()
+  with pytest.raises(UserError, match="'mart' cannot train yet"):
+    methods.method_class("mart")
