@@ -98,3 +98,62 @@ def test_mart_is_refused_with_one_line_until_its_method_exists():
   assert "mart" in methods.known()
   with pytest.raises(UserError, match="'mart' cannot train yet"):
     methods.method_class("mart")
+
+
+def test_normalized_pixel_targets_against_a_per_tubelet_loop():
+  from jaxaffect.methods.mart import losses
+  rng = np.random.default_rng(3)
+  video = rng.integers(0, 256, (2, 4, 32, 32, 3)).astype(np.float32)
+  out = np.asarray(losses.normalized_pixel_targets(jnp.asarray(video)))
+  assert out.shape == (2, 2 * 2 * 2, 2 * 16 * 16 * 3)
+  i = 0
+  for t in range(2):          # tokens in (t, h, w) raster order
+    for h in range(2):
+      for w in range(2):
+        cube = video[1, 2 * t:2 * t + 2, 16 * h:16 * h + 16, 16 * w:16 * w + 16]  # [2,16,16,3]
+        px = cube.reshape(-1, 3).astype(np.float64)
+        want = (px - px.mean(0)) / (px.std(0, ddof=1) + 1e-6)
+        np.testing.assert_allclose(out[1, i], want.reshape(-1), rtol=1e-4, atol=1e-4)
+        i += 1
+
+
+def test_masked_reconstruction_loss_by_hand():
+  from jaxaffect.methods.mart import losses
+  pred = jnp.asarray([[[1.0, 1.0], [3.0, 0.0], [0.0, 0.0]]])
+  target = jnp.zeros((1, 3, 2))
+  mask = jnp.asarray([[True, True, False]])
+  # per-token MSE: 1.0, 4.5, 0.0; masked mean (1.0 + 4.5) / (2 + 1e-5)
+  np.testing.assert_allclose(losses.masked_reconstruction_loss(pred, target, mask),
+                             5.5 / (2 + 1e-5), rtol=1e-6)
+  assert float(losses.masked_reconstruction_loss(pred, target, mask & False)) == 0.0
+
+
+def test_cpc_score_against_numpy_and_padding():
+  from jaxaffect.methods.mart import losses
+  rng = np.random.default_rng(4)
+  x, xh = rng.standard_normal((6, 5)), rng.standard_normal((6, 5))
+
+  def ref(x, xh):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    xh = xh / np.linalg.norm(xh, axis=1, keepdims=True)
+    s = x @ xh.T
+    neg = np.log(np.exp(s).sum(1))
+    return float(np.mean(np.diag(s) - neg))
+
+  np.testing.assert_allclose(losses.cpc_score(jnp.asarray(x, jnp.float32),
+                                              jnp.asarray(xh, jnp.float32)),
+                             ref(x, xh), rtol=1e-5)
+  valid = np.array([1, 1, 0, 1, 0, 1], bool)   # padded rows are not rows at all
+  np.testing.assert_allclose(
+      losses.cpc_score(jnp.asarray(x, jnp.float32), jnp.asarray(xh, jnp.float32),
+                       jnp.asarray(valid)), ref(x[valid], xh[valid]), rtol=1e-5)
+
+
+def test_pcce_by_hand():
+  from jaxaffect.nn.losses import pcce_loss
+  logits = jnp.log(jnp.asarray([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
+  labels = jnp.asarray([0, 0])
+  polarity = jnp.asarray([0, 0, 1])   # class 2 has the other polarity
+  loss, w = pcce_loss(logits, labels, polarity, 0.5)
+  np.testing.assert_allclose(w, [1.0, 1.5])
+  np.testing.assert_allclose(loss, (-np.log(0.7) - 1.5 * np.log(0.1)) / 2, rtol=1e-6)

@@ -14,7 +14,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxaffect import config_lib
 from jaxaffect import method as base
@@ -22,16 +21,7 @@ from jaxaffect.data import families
 from jaxaffect.data import video_emotion
 from jaxaffect.errors import UserError
 from jaxaffect.methods.vaanet import model as vaanet_model
-
-
-def pcce_loss(logits: jax.Array, labels: jax.Array, polarity_table: jax.Array,
-              lam: float) -> tuple[jax.Array, jax.Array]:
-  """Mean of (1 + lam * [polarity(argmax) != polarity(label)]) * CE; returns (loss, weights)."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-  pred = jnp.argmax(logits, axis=-1)
-  wrong_polarity = polarity_table[pred] != polarity_table[labels]
-  weights = jax.lax.stop_gradient(1.0 + lam * wrong_polarity.astype(jnp.float32))
-  return jnp.mean(weights * ce), weights
+from jaxaffect.nn.losses import pcce_loss
 
 
 class Method(base.Method):
