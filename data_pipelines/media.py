@@ -1,7 +1,8 @@
 """PyAV/librosa helpers that turn one media file into arrays.
 
-Everything offline reads media through these three functions, so the synthetic world, the
-TFDS builders and ad-hoc tools agree on how frames are picked, resized and how MFCCs are made.
+Everything offline reads media through these functions, so the synthetic world, the
+TFDS builders and ad-hoc tools agree on how frames are picked, resized and how MFCCs and
+Kaldi filter banks are made.
 Errors raise `MediaError` whose message starts with the file path, so a build can log and skip.
 """
 from __future__ import annotations
@@ -162,3 +163,129 @@ def mfcc(wave: np.ndarray, sr: int, n_mfcc: int, n_fft: int, hop_length: int) ->
       y=np.asarray(wave, np.float32), sr=sr, n_mfcc=n_mfcc, n_fft=n_fft, hop_length=hop_length
   )
   return np.ascontiguousarray(feats.T, dtype=np.float32)
+
+
+def read_audio_channels(path) -> tuple[np.ndarray, int] | None:
+  """Decodes the first audio stream at its own rate: (float32 [channels, samples], rate).
+
+  No resampling and no downmix (what torchaudio.load returns, which MART's fbank front end
+  reads); None if the file has no audio stream.
+  """
+  try:
+    container = av.open(os.fspath(path))
+  except Exception as e:
+    raise _err(path, "cannot open", e) from e
+  with container:
+    if not container.streams.audio:
+      return None
+    stream = container.streams.audio[0]
+    rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+    # Planar float at the stream's own rate and layout: a format conversion only.
+    resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+    chunks: list[np.ndarray] = []
+    try:
+      for frame in container.decode(stream):
+        frame.pts = None
+        chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+      chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    except Exception as e:
+      raise _err(path, "audio decode failed", e) from e
+  if rate <= 0:
+    raise _err(path, "audio stream has no sample rate")
+  if not chunks:
+    return np.zeros((len(stream.layout.channels), 0), np.float32), rate
+  return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
+
+
+def _kaldi_mel(freq):
+  return 1127.0 * np.log1p(np.asarray(freq, np.float64) / 700.0)
+
+
+def kaldi_mel_banks(num_bins: int, padded_window: int, sample_rate: float,
+                    low_freq: float = 20.0, high_freq: float = 0.0) -> np.ndarray:
+  """float64 [num_bins, padded_window // 2] triangular filters of Kaldi's MelBanks.
+
+  Triangles are linear on the mel scale 1127 ln(1 + f / 700) (HTK's), equally spaced between
+  `low_freq` and `high_freq` (<= 0: offset from Nyquist), with no area normalisation; FFT bin
+  i sits at i * rate / padded_window and the Nyquist bin is left out. A filter narrower than
+  the bin spacing stays all zero, as in torchaudio (Kaldi itself refuses such settings).
+  """
+  nyquist = 0.5 * sample_rate
+  high = high_freq + nyquist if high_freq <= 0 else high_freq
+  if not 0.0 <= low_freq < high <= nyquist:
+    raise ValueError(f"need 0 <= low_freq < high_freq <= {nyquist}, got {low_freq}, {high}")
+  mel_low, mel_high = _kaldi_mel(low_freq), _kaldi_mel(high)
+  delta = (mel_high - mel_low) / (num_bins + 1)
+  left = mel_low + delta * np.arange(num_bins)[:, None]
+  center, right = left + delta, left + 2 * delta
+  mel = _kaldi_mel(np.arange(padded_window // 2) * (sample_rate / padded_window))[None, :]
+  rising, falling = (mel - left) / (center - left), (right - mel) / (right - center)
+  inside = (mel > left) & (mel < right)
+  return np.where(inside, np.where(mel <= center, rising, falling), 0.0)
+
+
+def kaldi_fbank(
+    wave: np.ndarray,
+    sample_rate: float,
+    *,
+    num_mel_bins: int = 128,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    preemph_coeff: float = 0.97,
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    block_frames: int = 2048,
+) -> np.ndarray:
+  """float32 [frames, num_mel_bins] Kaldi log mel filter banks of a 1-D waveform.
+
+  The settings MART (and AST) use with torchaudio.compliance.kaldi.fbank: Hanning window
+  (0.5 - 0.5 cos(2 pi n / (N - 1))), dither 0, per-frame DC removal, pre-emphasis, FFT size
+  the next power of two, power spectrum, no energy term (so htk_compat changes nothing),
+  log with a float32-epsilon floor, snip_edges: 1 + (n - N) // shift frames (0 when n < N),
+  N = int(rate * length_ms / 1000). Computed in float64.
+
+  Why not kaldi-native-fbank: it refuses 128 bins at 16 kHz (AST's own setting and the
+  synthetic world's rate) because the lowest filters hold no FFT bin; torchaudio returns
+  log(eps) there, and so does this. At the rates it accepts it agrees with this function
+  (tests/test_fbank.py); both agree with torchaudio's fbank to ~1e-3 (float32 rounding).
+  """
+  wave = np.asarray(wave)
+  if wave.ndim != 1:
+    raise ValueError(f"wave must be 1-D, got shape {wave.shape}")
+  win = int(sample_rate * 0.001 * frame_length_ms)
+  shift = int(sample_rate * 0.001 * frame_shift_ms)
+  if win < 2 or shift < 1:
+    raise ValueError(f"window of {win} and shift of {shift} samples at {sample_rate} Hz")
+  n_frames = 1 + (len(wave) - win) // shift if len(wave) >= win else 0
+  padded = 1 << (win - 1).bit_length()
+  banks_t = kaldi_mel_banks(num_mel_bins, padded, sample_rate, low_freq, high_freq).T
+  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win) / (win - 1))
+  floor = float(np.finfo(np.float32).eps)
+  x = wave.astype(np.float64, copy=False)
+  out = np.empty((n_frames, num_mel_bins), np.float32)
+  for s in range(0, n_frames, block_frames):  # Blocks bound memory for long recordings.
+    e = min(n_frames, s + block_frames)
+    frames = x[(np.arange(s, e) * shift)[:, None] + np.arange(win)[None, :]]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    frames = np.concatenate([frames[:, :1] * (1.0 - preemph_coeff),
+                             frames[:, 1:] - preemph_coeff * frames[:, :-1]], axis=1)
+    spectrum = np.fft.rfft(frames * window, n=padded)[:, :padded // 2]
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    out[s:e] = np.log(np.maximum(power @ banks_t, floor))
+  return out
+
+
+def mart_fbank(channels: np.ndarray, sample_rate: float, num_mel_bins: int = 128) -> np.ndarray:
+  """MART's audio front end: float32 [frames, num_mel_bins] from [channels, samples] (or [n]).
+
+  As datasets/ve8.py does it: subtract the mean of the whole waveform (all channels
+  together), then the Kaldi fbank of the first channel at the file's own rate.
+  """
+  channels = np.asarray(channels, np.float64)
+  if channels.ndim == 1:
+    channels = channels[None]
+  if channels.ndim != 2 or channels.shape[0] < 1:
+    raise ValueError(f"channels must be [channels, samples], got shape {channels.shape}")
+  if channels.size:
+    channels = channels - channels.mean()
+  return kaldi_fbank(channels[0], sample_rate, num_mel_bins=num_mel_bins)

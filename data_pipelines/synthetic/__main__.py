@@ -23,6 +23,8 @@ def main(argv=None) -> int:
   p.add_argument("--min-duration", type=float, default=2.0)
   p.add_argument("--max-duration", type=float, default=3.0)
   p.add_argument("--num-workers", type=int, default=None, help="processes (default: CPU count)")
+  p.add_argument("--subtitles", action="store_true",
+                 help="also write .srt subtitles, vocab.txt and lexicon.tsv (MART's text)")
   p.add_argument("--gait", action="store_true",
                  help="write the synthetic Emotion-Gait h5 layout instead (synthetic/gait.py)")
   p.add_argument("--num-per-class", type=int, default=200, help="gaits per class (--gait)")
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
         a.out, seed=a.seed, num_train_per_class=a.num_train_per_class,
         num_test_per_class=a.num_test_per_class, size=a.size, fps=a.fps, sr=a.sr,
         min_duration=a.min_duration, max_duration=a.max_duration, num_workers=a.num_workers,
+        with_subtitles=a.subtitles,
     )
   except (FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -14,8 +14,9 @@ object position, size, speed, phase, hue jitter, brightness, loudness, audio noi
 delay and duration. A vision-only model can reach about 50% (group known, cue guessed), an
 audio-only model about 25%, a constant one 12.5%.
 
-`render_clip` is the building block later generators (untrimmed clips with emotional segments,
-subtitled clips) can reuse; `generate_ve8_style` writes a VE-8-style dataset.
+`render_clip` is the building block later generators (untrimmed clips with emotional segments)
+can reuse; `generate_ve8_style` writes a VE-8-style dataset, optionally with subtitles
+(synthetic/subtitles.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from data_pipelines.synthetic import common
+from data_pipelines.synthetic import subtitles
 
 NUM_GROUPS = 4
 NUM_CUES = 2
@@ -155,10 +157,14 @@ def render_clip(
 
 
 def _make_one(job: tuple) -> str:
-  path, seed, split, label, index, spec = job
+  path, seed, split, label, index, spec, with_subtitles = job
   rng = common.rng_for(seed, "ve8", split, label, index)
   frames, audio = render_clip(label, spec, rng)
   common.write_mp4(path, frames, spec.fps, audio, spec.sr)
+  if with_subtitles:  # Own random stream: the clip above is the same with or without.
+    subtitles.write_clip_subtitles(
+        os.path.splitext(path)[0] + ".srt", label, len(audio) / spec.sr,
+        common.rng_for(seed, "ve8_srt", split, label, index))
   return path
 
 
@@ -187,8 +193,14 @@ def generate_ve8_style(
     max_duration: float = 3.0,
     num_workers: int | None = None,
     verbose: bool = True,
+    with_subtitles: bool = False,
 ) -> str:
   """Writes a VE-8-style dataset (mp4 + classInd.txt + splits/*01.txt) into `out_dir`.
+
+  `with_subtitles` also writes "<split>_<i>.srt" beside each mp4 and `vocab.txt` and
+  `lexicon.tsv` at the top (MART's text inputs, synthetic/subtitles.py); the mp4s and split
+  lists are the same bytes either way. Off by default, so existing datasets keep their
+  parameters (the DONE marker names `with_subtitles` only when it is on).
 
   Deterministic in `seed` (byte-identical mp4s). Idempotent: a `DONE` marker with the
   parameters makes a repeated call a no-op; other parameters into a used directory raise.
@@ -207,6 +219,8 @@ def generate_ve8_style(
       num_train_per_class=int(num_train_per_class), num_test_per_class=int(num_test_per_class),
       **dataclasses.asdict(spec),
   )
+  if with_subtitles:
+    params["with_subtitles"] = True
   out_dir = os.fspath(out_dir)
   if common.begin_output(out_dir, params):
     if verbose:
@@ -221,11 +235,15 @@ def generate_ve8_style(
       for i in range(count):
         key = f"{name}/{split}_{i:04d}"
         listing.append((key, label))
-        jobs.append((os.path.join(out_dir, key + ".mp4"), int(seed), split, label, i, spec))
+        jobs.append((os.path.join(out_dir, key + ".mp4"), int(seed), split, label, i, spec,
+                     bool(with_subtitles)))
   if num_workers is None:
     num_workers = min(len(os.sched_getaffinity(0)), 8)
   _run_jobs(jobs, num_workers)
   common.write_ve8_annotations(out_dir, common.VE8_CLASSES, train, test, split=1)
+  if with_subtitles:
+    subtitles.write_vocab(out_dir)
+    subtitles.write_lexicon(out_dir)
   common.finish_output(out_dir, params)
   if verbose:
     print(f"{out_dir}: wrote {len(jobs)} clips ({len(train)} train, {len(test)} test) "
