@@ -100,7 +100,7 @@ def _multi_steps(k, weighted, batches, unit_weight=False):
   c.optimizer.multi_steps = k
   m = MaskedRegression(c)
   m.weighted = weighted
-  if unit_weight:  # reports loss_weight = 1: must reproduce optax.MultiSteps exactly
+  if unit_weight:  # reports loss_weight = 1: must reproduce the unweighted path exactly
     m.loss = lambda *a, f=m.loss: (lambda l, aux: (l, ({steps.LOSS_WEIGHT: jnp.ones(())},
                                                        aux[1])))(*f(*a))
   s = steps.build(c, m, shd.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1]))
@@ -119,6 +119,36 @@ def test_weighted_multi_steps_equal_the_whole_batch(batch):
   np.testing.assert_allclose(_multi_steps(2, True, halves), full, rtol=1e-5, atol=1e-7)
   # optax.MultiSteps (unweighted) averages the two steps' means instead.
   assert np.abs(_multi_steps(2, False, halves) - full).max() > 1e-3
-  # A constant weight of one is optax.MultiSteps, bit for bit.
+  # A constant weight of one is the unweighted path (optax.MultiSteps' formula), bit for bit.
   np.testing.assert_array_equal(_multi_steps(2, True, halves, unit_weight=True),
                                 _multi_steps(2, False, halves))
+
+
+def test_mean_multi_steps_is_optax_multisteps():
+  """optim.mean_multi_steps (the inner update under a cond) against optax.MultiSteps itself:
+  the same state layout (old checkpoints load), the same counters and accumulators bit for bit,
+  and the same Adam updates to float32 rounding (XLA fuses the update differently inside a
+  branch: 1 ulp here and there), over two full cycles of Adam with L2."""
+  import optax
+  from jaxaffect import optim
+  inner = optax.chain(optax.add_decayed_weights(5e-4), optax.adam(1e-3))
+  ours, ref = optim.mean_multi_steps(inner, 3), optax.MultiSteps(inner, every_k_schedule=3)
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),
+            "b": jnp.asarray(rng.standard_normal((4,)), jnp.float32)}
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  assert jax.tree.structure(s_ours) == jax.tree.structure(s_ref)
+  for _ in range(7):
+    g = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    u_ours, s_ours = jax.jit(ours.update)(g, s_ours, params)
+    u_ref, s_ref = jax.jit(ref.update)(g, s_ref, params)
+    np.testing.assert_array_equal(s_ours.mini_step, s_ref.mini_step)
+    np.testing.assert_array_equal(s_ours.gradient_step, s_ref.gradient_step)
+    for a, b in zip(jax.tree.leaves(s_ours.acc_grads), jax.tree.leaves(s_ref.acc_grads)):
+      np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves((u_ours, s_ours.inner_opt_state)),
+                    jax.tree.leaves((u_ref, s_ref.inner_opt_state))):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    assert any(np.abs(np.asarray(u)).max() > 0 for u in jax.tree.leaves(u_ours)) == (
+        int(s_ours.mini_step) == 0)  # an update exactly when a cycle completes
+    params = optax.apply_updates(params, u_ref)
