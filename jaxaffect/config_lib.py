@@ -70,6 +70,13 @@ DEFAULT_SHARDING_RULES = (
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
     ("layers", None),
+    # The transformer stack (jaxaffect/nn/attention.py): key/value heads of GQA/MQA (a mesh
+    # axis that does not divide their number is dropped for that weight), and the per-head
+    # and MLP-hidden activations, split like their weights (Megatron).
+    ("kv_heads", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
 )
 
 
@@ -290,7 +297,7 @@ def check_common(config) -> None:
 RESUME_FREE = ("mesh.", "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size",
                "evals.",
                "dataset.data_dir", "dataset.manual_dir", "dataset.worker_count", "init_from",
-               "resume_changes", "benchmark_peak_flops")
+               "resume_changes", "benchmark_peak_flops", "sharding_rules")
 HISTORY_KEY = "_resume_history"  # config.json: the changes accepted with resume_changes=allow
 
 

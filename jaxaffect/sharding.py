@@ -7,10 +7,12 @@ arrays, so nothing is materialised on one device first.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -96,6 +98,15 @@ def unbox_abstract(tree):
       tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+def _strip_axis(spec: P, axis: str) -> P:
+  out = []
+  for axes in spec:
+    names = axes if isinstance(axes, tuple) else (axes,)
+    kept = tuple(n for n in names if n is not None and n != axis)
+    out.append(kept if len(kept) > 1 else (kept[0] if kept else None))
+  return P(*out)
+
+
 def gathered(sharding_tree, axis: str = "fsdp"):
   """The same shardings with `axis` removed: FSDP weights as used in compute.
 
@@ -104,14 +115,76 @@ def gathered(sharding_tree, axis: str = "fsdp"):
   choice to the partitioner is also correct in principle, but XLA:CPU (jax 0.10.2 and 0.12.0.1)
   computes wrong values for some plans on meshes where data, fsdp and tensor are all > 1.
   """
-  def strip(s):
-    spec = []
-    for axes in s.spec:
-      names = axes if isinstance(axes, tuple) else (axes,)
-      kept = tuple(n for n in names if n is not None and n != axis)
-      spec.append(kept if len(kept) > 1 else (kept[0] if kept else None))
-    return NamedSharding(s.mesh, P(*spec))
-  return jax.tree.map(strip, sharding_tree)
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, _strip_axis(s.spec, axis)), sharding_tree)
+
+
+# The logical axis nn.scan adds to the parameters of a stack of identical layers. Such a
+# parameter is gathered by the layer that uses it (gather_for_compute, one layer's slice per
+# loop iteration), so the step's whole-tree gather must leave it alone: gathering it there
+# would hold every layer's weights at once, which is what FSDP is meant to avoid.
+LAYERS_AXIS = "layers"
+
+
+def gathered_per_layer(abstract_boxed_params) -> Any:
+  """A tree of bools like the (unboxed) params: True where the leaf has the "layers" logical
+  axis, i.e. its scanned body gathers it per layer and the step must not gather it whole."""
+  def visit(x):
+    return isinstance(x, nn.Partitioned) and LAYERS_AXIS in tuple(x.names)
+  return jax.tree.map(visit, abstract_boxed_params,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def gather_for_compute(x: jax.Array, logical_axes: Sequence[str | None], dtype=None,
+                       axis: str = "fsdp") -> jax.Array:
+  """`x` cast to `dtype` and constrained to its stored sharding without `axis`: a weight
+  all-gathered over FSDP right where it is used, its gradient reduce-scattered back to the
+  stored sharding (a custom VJP puts that constraint on the cotangent, in x's own dtype, so
+  the reduction is not done in bfloat16). Inside a scanned layer this gathers one layer's
+  weights per loop iteration. It is also the XLA:CPU exactness workaround (see `gathered`).
+  A no-op cast outside a mesh or without logical rules (plain init/apply)."""
+  dtype = x.dtype if dtype is None else jnp.dtype(dtype)
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return x.astype(dtype)
+  # The same spec steps.build gives the stored parameter (logical rules, then _fit_spec).
+  stored = _fit_spec(tuple(x.shape), nn.logical_to_mesh_axes(tuple(logical_axes), rules), mesh)
+  return _gather_fn(x.dtype.name, dtype.name, stored, _strip_axis(stored, axis))(x)
+
+
+def never_save_gathered(policy=None):
+  """A jax.checkpoint policy: `policy` (None: save everything) except that a weight gathered by
+  gather_for_compute is never saved for the backward pass, which re-gathers it from its shard.
+  Without this, differentiating a scanned stack keeps every layer's gathered weights as
+  residuals, as much memory as no FSDP at all. (Our gathers are the custom-VJP calls whose
+  primal only casts and reshards; named exclusions cannot do it: the value feeding a name
+  would be saved instead.)"""
+  def wrapped(prim, *args, **params):
+    if prim.name == "custom_vjp_call":
+      jaxpr = getattr(params.get("call_jaxpr"), "jaxpr", None)
+      if jaxpr is not None and all(e.primitive.name in _RESHARD_PRIMITIVES for e in jaxpr.eqns):
+        return False
+    return True if policy is None else policy(prim, *args, **params)
+  return wrapped
+
+
+_RESHARD_PRIMITIVES = ("convert_element_type", "sharding_constraint")
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_fn(x_dtype: str, dtype: str, stored: P, used: P):
+  @jax.custom_vjp
+  def gather(x):
+    return jax.lax.with_sharding_constraint(x.astype(dtype), used)
+
+  def fwd(x):
+    return gather(x), None
+
+  def bwd(_, g):
+    return (jax.lax.with_sharding_constraint(g.astype(x_dtype), stored),)
+
+  gather.defvjp(fwd, bwd)
+  return gather
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

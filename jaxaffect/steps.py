@@ -120,9 +120,15 @@ def build(config, method, mesh) -> Setup:
                     out_shardings=state_sharding)
 
   compute_sharding = shd.gathered(state_sharding["params"])
+  # FSDP weights are gathered explicitly before use (the XLA:CPU exactness workaround, and the
+  # FSDP schedule). The rule: a parameter with the "layers" logical axis (an nn.scan stack)
+  # is gathered one layer at a time by its scanned body (sharding.gather_for_compute), so it
+  # is passed through here; every other parameter is gathered here, whole, before the forward.
+  per_layer = shd.gathered_per_layer(boxed["params"])
 
   def gather(params):
-    return jax.tree.map(jax.lax.with_sharding_constraint, params, compute_sharding)
+    return jax.tree.map(lambda p, s, own: p if own else jax.lax.with_sharding_constraint(p, s),
+                        params, compute_sharding, per_layer)
 
   def loss_fn(params, model_state, batch, rng):
     return method.loss(gather(params), model_state, batch, rng)
@@ -175,23 +181,27 @@ def build(config, method, mesh) -> Setup:
       metrics = jax.tree.map(lambda m: m * (1.0 / grad_accum), metrics)
       if weighted:
         metrics[LOSS_WEIGHT] = total_w  # the global batch's total weight
-    if weighted_updates:  # this step counts by its weight among the multi_steps
-      weight = metrics[LOSS_WEIGHT] if LOSS_WEIGHT in metrics else jnp.ones((), jnp.float32)
-      updates, opt_state = tx.update(grads, state["opt_state"], params, loss_weight=weight)
-    else:
-      updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
     grad_norm = optax.tree.norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g),
                                                grads, mask))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def update(_):
+      if weighted_updates:  # this step counts by its weight among the multi_steps
+        weight = metrics[LOSS_WEIGHT] if LOSS_WEIGHT in metrics else jnp.ones((), jnp.float32)
+        updates, opt_state = tx.update(grads, state["opt_state"], params, loss_weight=weight)
+      else:
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+      return optax.apply_updates(params, updates), model_state, opt_state
+
+    def skip(_):
+      return params, state["model_state"], state["opt_state"]
+
     # A non-finite step leaves the state untouched; the host stops the run and names the step.
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = {
-        "step": step + 1,
-        "params": keep(new_params, params),
-        "model_state": keep(model_state, state["model_state"]),
-        "opt_state": keep(opt_state, state["opt_state"]),
-    }
+    # A cond, not a select of old and new: selecting cost a pass over every parameter and
+    # optimizer slot per step (a fifth of TSL-Net's CPU step).
+    new_params, new_model_state, opt_state = jax.lax.cond(finite, update, skip, None)
+    new_state = {"step": step + 1, "params": new_params, "model_state": new_model_state,
+                 "opt_state": opt_state}
     out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(step // k_updates),
            "finite": finite}
     out.update(metrics)

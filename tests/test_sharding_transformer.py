@@ -1,5 +1,7 @@
-"""A transformer block trains identically on 1 device and on 8 (data/fsdp/tensor), and fsdp=8
-splits its large kernels eight ways."""
+"""A two-block transformer stack, unscanned (its weights are gathered by the train step's
+whole-tree gather), trains identically on 1 device and on 8 (data/fsdp/tensor), and fsdp=8
+splits its large kernels eight ways. The scanned stack (per-layer gather) is covered in
+test_transformer.py."""
 import jax
 import numpy as np
 import pytest

@@ -13,6 +13,7 @@ import optax
 
 from jaxaffect import config_lib
 from jaxaffect import method as base
+from jaxaffect.nn.transformer import TransformerStack
 
 
 class ToyModel(nn.Module):
@@ -128,9 +129,9 @@ def toy_config(**mesh) -> ml_collections.ConfigDict:
 
 class _SeqSource:
 
-  def __init__(self, n, seed):
+  def __init__(self, n, seed, width=64):
     rng = np.random.default_rng(seed)
-    self.x = rng.standard_normal((n, 8, 64)).astype(np.float32)
+    self.x = rng.standard_normal((n, 8, width)).astype(np.float32)
     self.y = (self.x[:, :, :4].sum(1).argmax(-1)).astype(np.int32)
 
   def __len__(self):
@@ -141,32 +142,40 @@ class _SeqSource:
 
 
 class TinyTransformer(nn.Module):
+  """A jaxaffect.nn.transformer.TransformerStack over [B, 8, width] inputs + a linear head on
+  the mean token; `stack` holds the stack's fields (layers, scan, remat policy, GQA, ...)."""
+  stack: tuple = ()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    from jaxaffect.nn.transformer import TransformerBlock
-    x = TransformerBlock(num_heads=8, head_dim=16, mlp_dim=256)(x, train=train)
-    x = TransformerBlock(num_heads=8, head_dim=16, mlp_dim=256)(x, train=train)
+    kw = dict(num_layers=2, num_heads=8, head_dim=16, mlp_dim=256, mlp="gelu_tanh", scan=False)
+    kw.update(dict(self.stack))
+    x = TransformerStack(**kw, name="stack")(x, train=train)
     return nn.Dense(4, kernel_init=nn.with_logical_partitioning(
         nn.initializers.lecun_normal(), ("embed", "classes")))(x.mean(1))
 
 
 class TransformerMethod(ToyMethod):
+  """config.model.stack: TransformerStack fields (default: 2 unscanned layers, 8 heads of 16);
+  config.model.width: the token width (64)."""
   state_collections = ()
 
   def build_model(self):
-    return TinyTransformer()
+    return TinyTransformer(stack=tuple(sorted(dict(self.config.model.get("stack", {})).items())))
+
+  def _width(self):
+    return int(self.config.model.get("width", 64))
 
   def example_batch(self, b):
-    return {"x": np.zeros((b, 8, 64), np.float32), "label": np.zeros((b,), np.int32)}
+    return {"x": np.zeros((b, 8, self._width()), np.float32), "label": np.zeros((b,), np.int32)}
 
   def loss(self, params, model_state, batch, rng):
     logits = self.model.apply({"params": params}, batch["x"], train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), ({}, {})
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
-    ds = (grain.MapDataset.source(_SeqSource(256, 0)).seed(seed).shuffle().repeat(None)
-          .batch(global_batch_size // process_count, drop_remainder=True)
+    ds = (grain.MapDataset.source(_SeqSource(256, 0, self._width())).seed(seed).shuffle()
+          .repeat(None).batch(global_batch_size // process_count, drop_remainder=True)
           [process_index::process_count])
     return iter(ds.to_iter_dataset())
 
