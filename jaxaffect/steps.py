@@ -191,7 +191,10 @@ def build(config, method, mesh) -> Setup:
         updates, opt_state = tx.update(grads, state["opt_state"], params, loss_weight=weight)
       else:
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-      return optax.apply_updates(params, updates), model_state, opt_state
+      # Frozen parameters (their updates are zeros) pass through: no add over a frozen backbone.
+      new_params = jax.tree.map(lambda p, u, m: optax.apply_updates(p, u) if m else p,
+                                params, updates, mask)
+      return new_params, model_state, opt_state
 
     def skip(_):
       return params, state["model_state"], state["opt_state"]
