@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   # keys) or "allow" (continue; the change is recorded in config.json's history).
   c.resume_changes = "refuse"
   c.log_every_steps = 10
+  # An exponential moving average of the params, used by evaluation when decay > 0
+  # (jaxaffect/steps.py ema_update): copies the params before start_step, then averages with
+  # decay * (1 - exp(-u / ramp_steps)) at its u-th step (ramp_steps 0: a constant decay).
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0, ramp_steps=0.0, start_step=0))
   # Peak FLOP/s of one device for MFU (--mode benchmark, tools.versus); 0: known chips by kind.
   c.benchmark_peak_flops = 0.0
   # Evaluators (jaxaffect/evaluators.py): name -> {type, every_steps, **options}; the name
@@ -286,6 +290,12 @@ def check_common(config) -> None:
     raise UserError("config.checkpoint.every_steps and config.checkpoint.keep must be >= 1 "
                     f"(got {config.checkpoint.every_steps}, {config.checkpoint.keep})")
   check_choice("resume_changes", config.get("resume_changes", "refuse"), ("refuse", "allow"))
+  if "ema" in config:
+    e = config.ema
+    if not 0.0 <= float(e.decay) < 1.0 or float(e.ramp_steps) < 0 or int(e.start_step) < 0:
+      raise UserError(f"config.ema: decay must be in [0, 1) and ramp_steps, start_step >= 0 "
+                      f"(got decay={e.decay}, ramp_steps={e.ramp_steps}, "
+                      f"start_step={e.start_step})")
   if "dtype" in config.model:
     check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
 
@@ -311,6 +321,11 @@ def resume_differences(saved: dict, config) -> dict[str, tuple[Any, Any]]:
   """{key: (saved value, current value)} for keys that differ and are not RESUME_FREE."""
   old = flat_keys({k: v for k, v in saved.items() if k != HISTORY_KEY})
   new = flat_keys(as_json_dict(config))
+  # A platform key added after the run was made, at its default, changes nothing it computed.
+  defaults = flat_keys(as_json_dict(base_config()))
+  for k, v in new.items():
+    if k not in old and k in defaults and defaults[k] == v:
+      old[k] = v
   free = lambda k: any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE)
   return {k: (old.get(k, "<absent>"), new.get(k, "<absent>"))
           for k in sorted(set(old) | set(new)) if not free(k) and old.get(k) != new.get(k)}

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -111,11 +112,18 @@ def _init_from(s: steps_lib.Setup, state, path: str):
         path, state["params"], state["model_state"], ignore_subtrees=ignore)
     log.info("initialised %s from converted checkpoint %s",
              ", ".join((convert_store.read_meta(path) or {}).get("subtrees", [])), path)
-    return dict(state, params=params, model_state=model_state)
+    return _with_ema(dict(state, params=params, model_state=model_state))
   params, model_state = checkpointing.restore_params(
       path, s.abstract_state["params"], s.abstract_state["model_state"])
   log.info("initialised params%s from %s", " and model state" if model_state else "", path)
-  return dict(state, params=params, model_state=model_state or state["model_state"])
+  return _with_ema(dict(state, params=params, model_state=model_state or state["model_state"]))
+
+
+def _with_ema(state):
+  """The average starts from the loaded params (a copy: the train step donates its state)."""
+  if "ema_params" in state:
+    state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
+  return state
 
 
 def evaluate(s: steps_lib.Setup, config, state, step: int | None = None) -> dict[str, Any]:

@@ -81,9 +81,11 @@ def test_checkpoint_round_trip_bit_exact_and_next_batch(tmp_path):
   ck.close()
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])  # with an EMA its average resumes exactly too
+def test_resume_matches_uninterrupted_run(tmp_path, ema):
   c = toy_method.toy_config(data=2, fsdp=2, tensor=2)
   c.method = "toy"
+  c.ema.update(decay=ema, start_step=2)
   c.total_steps, c.checkpoint.every_steps, c.log_every_steps = 8, 4, 1
   full = trainer.train_and_evaluate(c, str(tmp_path / "a"))
   c2 = c.copy_and_resolve_references()
