@@ -1,6 +1,6 @@
 """Entry point: python -m jaxaffect.main --config configs/<x>.py[:arg] --workdir DIR [--config.a=v]
 
-Modes: train (default; resumes from DIR), eval, summary, benchmark. A mistake in the input (a
+Modes: train (default; resumes from DIR), eval, summary, benchmark, memory. A mistake in the input (a
 config key, a path, a file) ends with one `error:` line on stderr and exit status 1; `--debug`
 shows the traceback instead.
 """
@@ -20,8 +20,8 @@ from jaxaffect.errors import UserError, one_line
 _CONFIG = flags.DEFINE_string("config", None, "Config file (path[:arg]); override its keys with "
                               "--config.a.b=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "summary", "benchmark"],
-                          "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "eval", "summary", "benchmark", "memory"], "What to do.")
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
                                  "Initialise jax.distributed (auto: when the environment is a "
                                  "multi-process launch).")
@@ -83,6 +83,10 @@ def _run() -> int:
   if mode == "summary":
     from jaxaffect.tools import summary  # deferred: config errors come before jax loads
     summary.run(config)
+    return 0
+  if mode == "memory":
+    from jaxaffect.tools import memory  # deferred: config errors come before jax loads
+    memory.run(config)
     return 0
   if mode == "benchmark":
     from jaxaffect.tools import benchmark  # deferred: config errors come before jax loads

@@ -20,6 +20,7 @@ RUN_BY = {
     "jaxaffect.main --mode eval": ("test_end_to_end.py", '"--mode", "eval"'),
     "jaxaffect.main --mode summary": ("test_cli.py", '"--mode", "summary"'),
     "jaxaffect.main --mode benchmark": ("test_readme_commands.py", '"--mode", "benchmark"'),
+    "jaxaffect.main --mode memory": ("test_memory_mode.py", '"--mode", "memory"'),
     "jaxaffect.convert": ("test_convert.py", '"-m", "jaxaffect.convert"'),
     "jaxaffect.evaluation.localization": ("test_localization_eval.py",
                                           '"-m", "jaxaffect.evaluation.localization"'),
