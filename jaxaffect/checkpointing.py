@@ -188,6 +188,14 @@ class Checkpointer:
       return None, f"checksum mismatch in {bad[0]}{more}"
     return state, None
 
+  def saved_meta(self, step: int) -> dict:
+    """The JSON metadata saved with `step` ({} when it has none or it does not read)."""
+    try:
+      return dict(self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"] or {})
+    except Exception:  # pylint: disable=broad-except  (metadata only informs a log line)
+      return {}
+
   def restore(self, step: int, abstract_state: Any, data_iter=None) -> Any:
     """The verified state of one step; a UserError naming the step when it is unusable."""
     state, reason = self._try_restore(step, abstract_state, data_iter)

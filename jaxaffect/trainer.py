@@ -96,6 +96,12 @@ def initial_state(s: steps_lib.Setup, config, ckpt: checkpointing.Checkpointer |
       restored = ckpt.restore_latest(s.abstract_state, train_iter)
       if restored is not None:
         log.info("resuming from %s step %d", ckpt.directory, restored[1])
+        saved = ckpt.saved_meta(restored[1])
+        now = shd.describe(s.mesh)
+        if saved.get("mesh") not in (None, now):
+          log.info("step %d was written on mesh %s (%s devices); restored onto mesh %s (%d "
+                   "devices): every array resharded to its sharding here", restored[1],
+                   saved["mesh"], saved.get("devices", "?"), now, s.mesh.devices.size)
         return restored
     state = s.init_fn(jax.random.key(int(config.seed)))
     for path in filter(None, (p.strip() for p in str(config.get("init_from", "")).split(","))):
@@ -240,7 +246,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       _write_config(workdir, config, step=start, changes=changes)
       log.warning("resuming at step %d with changed config keys: %s", start,
                   config_lib.describe_differences(changes))
-  meta = {"config": json.loads(config.to_json_best_effort())}
+  # The mesh each checkpoint was written on: a resume onto another mesh says so (Orbax reshards).
+  meta = {"config": json.loads(config.to_json_best_effort()), "mesh": shd.describe(s.mesh),
+          "devices": int(s.mesh.devices.size)}
   base_rng = jax.random.key(int(config.seed))
   preempt = _Preemption()
   log_every = max(int(config.log_every_steps), 1)
