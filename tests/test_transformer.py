@@ -342,3 +342,32 @@ def test_fsdp_gathers_per_layer_memory_and_hlo():
   # The forward loop and the backward loop each gather their layer's weights.
   assert _while_bodies_with_all_gather(out[8][1]) >= 2
   assert _while_bodies_with_all_gather(out[1][1]) == 0
+
+
+def test_cross_attention_weights_and_relu_projections_against_numpy():
+  """kv from another sequence (MART's text -> video/audio), ReLU after every projection (TACL),
+  a key padding mask, and the returned weights [B, N, T, S]."""
+  x, kv = _x(0, (B, 3, E)), _x(1, (B, L, E))
+  mod = attn_lib.MultiHeadAttention(num_heads=4, head_dim=8, projection_activation="relu")
+  p = _params(mod, x)
+  variables = {"params": p}
+  out, w = mod.apply(variables, x, jnp.asarray(KEEP), kv=kv, return_weights=True)
+  relu = lambda t: np.maximum(t, 0.0)
+  pf = _f64(p)
+  proj = lambda src, n: relu(np.einsum("ble,ehd->blhd", np.asarray(src, np.float64),
+                                       pf[n]["kernel"]) + pf[n]["bias"])
+  q, k, v = proj(x, "query"), proj(kv, "key"), proj(kv, "value")
+  s = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(8)
+  s = np.where(KEEP[:, None, None, :], s, -np.inf)
+  want_w = np.exp(s - s.max(-1, keepdims=True))
+  want_w /= want_w.sum(-1, keepdims=True)
+  o = np.einsum("bhts,bshd->bthd", want_w, v)
+  want = relu(np.einsum("bthd,hde->bte", o, pf["out"]["kernel"]) + pf["out"]["bias"])
+  np.testing.assert_allclose(w, want_w, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+  # the same output without asking for the weights (the fused kernel's path)
+  np.testing.assert_allclose(mod.apply(variables, x, jnp.asarray(KEEP), kv=kv), out,
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="cross-attention"):
+    attn_lib.MultiHeadAttention(num_heads=4, head_dim=8, causal=True).apply(
+        variables, x, kv=kv)

@@ -102,7 +102,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, caus
                                       implementation=implementation)
 
 
-def _attend_explicit(q, k, v, mask, causal, dropout):
+def _attend_explicit(q, k, v, mask, causal, dropout, return_weights=False):
   b, t, n, d = q.shape
   s, kh = k.shape[1], k.shape[2]
   qg = q.reshape(b, t, kh, n // kh, d)
@@ -116,16 +116,28 @@ def _attend_explicit(q, k, v, mask, causal, dropout):
     m = jnp.broadcast_to(mask, (mask.shape[0], n, t, s)).reshape(mask.shape[0], kh, n // kh, t, s)
     keep = keep & m
   logits = jnp.where(keep, logits, np.float32(-0.7 * np.finfo(np.float32).max))
-  weights = dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, n, d)
+  probs = jax.nn.softmax(logits, axis=-1)
+  weights = (dropout(probs) if dropout is not None else probs).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(b, t, n, d)
+  if return_weights:  # [B, N, T, S] float32, before dropout
+    return out, probs.reshape(b, n, t, s)
+  return out
+
+
+PROJECTION_ACTIVATIONS = (None, "relu")
 
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention x [B, L, E] -> [B, L, E] with num_kv_heads <= num_heads key/value heads.
+  """Attention x [B, T, E] -> [B, T, E] with num_kv_heads <= num_heads key/value heads.
 
-  __call__(x, mask=None, train=False, *, segment_ids=None, positions=None): `mask` [B, L] keeps
-  keys (False = padding), `segment_ids` [B, L] confine attention to equal ids (packed
-  sequences), `positions` [B, L] are RoPE's positions (default 0..L-1).
+  __call__(x, mask=None, train=False, *, kv=None, segment_ids=None, positions=None,
+  return_weights=False): keys and values come from `kv` [B, S, E'] (cross-attention) or from x
+  (self-attention); `mask` [B, S] keeps keys (False = padding), `segment_ids` [B, T] confine
+  self-attention to equal ids (packed sequences), `positions` [B, T] are RoPE's positions
+  (default 0..T-1; self-attention only). `return_weights` also returns the attention weights
+  [B, N, T, S] (float32; the explicit path), e.g. MART's CLS->patch and text->patch maps.
+  `projection_activation="relu"` applies ReLU after the q, k, v and output projections
+  (MART's TACL cross-attention).
   """
   num_heads: int = 4
   head_dim: int = 16
@@ -138,12 +150,22 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32  # compute dtype; parameters stay param_dtype
   param_dtype: Any = jnp.float32
   kernel_init: Callable = default_kernel_init
+  projection_activation: str | None = None  # PROJECTION_ACTIVATIONS
 
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False, *,
-               segment_ids: Array | None = None, positions: Array | None = None) -> Array:
+               kv: Array | None = None, segment_ids: Array | None = None,
+               positions: Array | None = None, return_weights: bool = False):
     if self.bias not in BIAS_OPTIONS:
       raise ValueError(f"attention bias must be one of {BIAS_OPTIONS}, got {self.bias!r}")
+    if self.projection_activation not in PROJECTION_ACTIVATIONS:
+      raise ValueError(f"projection_activation must be one of {PROJECTION_ACTIVATIONS}, got "
+                       f"{self.projection_activation!r}")
+    if kv is not None and (segment_ids is not None or self.rope_base is not None
+                           or self.causal):
+      raise ValueError("cross-attention (kv given) takes no segment_ids, RoPE or causal mask")
+    act = jax.nn.relu if self.projection_activation == "relu" else (lambda t: t)
+    source = x if kv is None else kv
     kv_heads = self.num_kv_heads or self.num_heads
     if self.num_heads % kv_heads:
       raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
@@ -152,9 +174,9 @@ class MultiHeadAttention(nn.Module):
     proj = lambda name, heads, axes, bias: Linear(
         (heads, self.head_dim), ("embed",) + axes, use_bias=bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)
-    q = proj("query", self.num_heads, ("heads", "kv"), self.bias != "none")(x)
-    k = proj("key", kv_heads, ("kv_heads", "kv"), self.bias == "all")(x)
-    v = proj("value", kv_heads, ("kv_heads", "kv"), self.bias != "none")(x)
+    q = act(proj("query", self.num_heads, ("heads", "kv"), self.bias != "none")(x))
+    k = act(proj("key", kv_heads, ("kv_heads", "kv"), self.bias == "all")(source))
+    v = act(proj("value", kv_heads, ("kv_heads", "kv"), self.bias != "none")(source))
     if self.rope_base is not None:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(length), (b, length))
@@ -170,12 +192,18 @@ class MultiHeadAttention(nn.Module):
       layer = nn.Dropout(self.dropout_rate, deterministic=False)
       dropout = lambda w: layer(w)
     m = attention_mask(mask, segment_ids)
-    impl = resolve_implementation(
-        self.implementation, dtype=q.dtype, head_dim=self.head_dim, q_len=length,
-        kv_len=length, masked=m is not None, train=train, dropout=dropout is not None)
-    o = dot_product_attention(q, k, v, m, self.causal, impl, dropout)
+    weights = None
+    if return_weights:
+      o, weights = _attend_explicit(q, k, v, m, self.causal, dropout, return_weights=True)
+    else:
+      impl = resolve_implementation(
+          self.implementation, dtype=q.dtype, head_dim=self.head_dim, q_len=length,
+          kv_len=source.shape[1], masked=m is not None, train=train,
+          dropout=dropout is not None)
+      o = dot_product_attention(q, k, v, m, self.causal, impl, dropout)
     o = nn.with_logical_constraint(o, ("act_batch", "act_len", "act_heads", None))
     o = checkpoint_name(o, "attention_out")
-    return Linear((e,), ("heads", "kv", "embed"), n_in=2, use_bias=self.bias != "none",
-                  dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-                  name="out")(o)
+    o = act(Linear((e,), ("heads", "kv", "embed"), n_in=2, use_bias=self.bias != "none",
+                   dtype=self.dtype, param_dtype=self.param_dtype,
+                   kernel_init=self.kernel_init, name="out")(o))
+    return (o, weights) if return_weights else o
