@@ -157,3 +157,30 @@ def test_pcce_by_hand():
   loss, w = pcce_loss(logits, labels, polarity, 0.5)
   np.testing.assert_allclose(w, [1.0, 1.5])
   np.testing.assert_allclose(loss, (-np.log(0.7) - 1.5 * np.log(0.1)) / 2, rtol=1e-6)
+
+
+def test_mae_decoder_parameter_count_and_shapes():
+  from jaxaffect.methods.mart import decoder
+  from jaxaffect.nn import count_params
+  tokens = jax.ShapeDtypeStruct((2, 392, 768), jnp.float32)
+  shapes = jax.eval_shape(decoder.MAEDecoder().init, jax.random.key(0), tokens)
+  # By hand: embed 768*512 + 512; per block qkv 512*1536 (no key bias: q and v biases 2*512),
+  # out 512*512 + 512, two LayerNorms 4*512, MLP 512*2048 + 2048 + 2048*512 + 512; final
+  # LayerNorm 2*512; head 512*1536 + 1536.
+  block = 512 * 1536 + 2 * 512 + 512 * 512 + 512 + 4 * 512 + 512 * 2048 + 2048 + 2048 * 512 + 512
+  want = 768 * 512 + 512 + 8 * block + 2 * 512 + 512 * 1536 + 1536
+  assert count_params(shapes) == want == 26_397_696
+  small = decoder.MAEDecoder(num_tokens=8, width=32, depth=2, num_heads=4, mlp_dim=64,
+                             out_dim=24)
+  x = jnp.ones((2, 8, 16))
+  variables = small.init(jax.random.key(0), x)
+  assert small.apply(variables, x).shape == (2, 8, 24)
+  with pytest.raises(ValueError, match="position table"):
+    small.apply(variables, jnp.ones((2, 9, 16)))
+
+
+def test_apply_mask_token_replaces_only_masked_tokens():
+  from jaxaffect.methods.mart import decoder
+  tokens = jnp.arange(12.0).reshape(1, 3, 4)
+  out = decoder.apply_mask_token(tokens, jnp.asarray([[False, True, False]]), -jnp.ones(4))
+  np.testing.assert_array_equal(out, [[[0, 1, 2, 3], [-1, -1, -1, -1], [8, 9, 10, 11]]])
