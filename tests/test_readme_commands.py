@@ -64,7 +64,7 @@ def test_every_readme_command_is_run_by_a_test():
 
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=2")
+              XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
 def test_benchmark_mode_on_smoke(smoke_data_dir):

@@ -1,15 +1,17 @@
 """Sweep launcher (jaxaffect.tools.sweep) and split aggregation (jaxaffect.tools.aggregate_splits).
 
-One real sweep of the smoke demo (2 trained variants, 2 failing ones) runs once per module; its
-workdirs are left in <basetemp>/sweep for test_viz.py to reuse.
+One real sweep of the smoke demo (2 trained variants, 2 failing ones) runs once per module; the
+attention figure is drawn from one of its workdirs.
 """
 import csv
+import glob
 import json
 import os
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from jaxaffect.tools import sweep
@@ -235,6 +237,36 @@ def test_a_workdir_is_not_reused_for_different_overrides(swept, smoke_data_dir, 
   r, _ = _sweep("--config", "configs/demo.py:smoke", "--root", str(root), "--from-file",
                 str(spec), "--", "--config.total_steps=1", data_dir=smoke_data_dir)
   assert r.returncode == 1 and "holds another variant" in r.stderr
+
+
+def test_attention_figure_from_a_swept_checkpoint(swept, smoke_data_dir, tmp_path):
+  """jaxaffect.methods.vaanet.attention on variant a, which the sweep above trained."""
+  trained = swept[0] / "a"
+  video = sorted(glob.glob(os.path.join(smoke_data_dir, "raw", "*", "Joy", "*.mp4")))[0]
+  out, js = tmp_path / "att.png", tmp_path / "att.json"
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.methods.vaanet.attention", "--config",
+                      "configs/demo.py:smoke", "--workdir", str(trained), "--video", video,
+                      "--out", str(out), "--json_out", str(js)],
+                     cwd=ROOT, env=_env(smoke_data_dir), capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 10_000 < out.stat().st_size < 3_000_000
+  import matplotlib.image
+  img = matplotlib.image.imread(str(out))
+  assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 800
+  assert img.std() > 0.05  # not a blank canvas
+  res = json.loads(js.read_text())
+  assert res["step"] == 1
+  probs = res["probabilities"]
+  assert list(probs) == ["Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness",
+                         "Surprise", "Trust"]
+  assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+  assert res["predicted"] == max(probs, key=probs.get)
+  assert len(res["gamma"]) == 2 and min(res["gamma"]) >= 0.0  # smoke: 2 segments, ReLU
+  alpha = np.asarray(res["alpha"])                           # [S, T', H', W']
+  assert alpha.shape == (2, *res["alpha_grid"])
+  # alpha = hw * softmax: mean 1 over the positions of each segment.
+  np.testing.assert_allclose(alpha.reshape(2, -1).mean(-1), 1.0, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------ aggregation

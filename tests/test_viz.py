@@ -1,9 +1,6 @@
-"""Attention figure (jaxaffect.methods.vaanet.attention) from a trained smoke workdir.
-
-Reuses a workdir trained by test_sweep.py in this session when there is one (<basetemp>/sweep/a),
-else trains the smoke demo for one step.
-"""
-import glob
+"""Attention figure CLI (jaxaffect.methods.vaanet.attention): a workdir without a checkpoint is
+one error line. The figure from a trained workdir is drawn in tests/test_sweep.py, on a workdir
+its sweep trained (one training for both; pytest-xdist's loadfile keeps a file on one worker)."""
 import json
 import os
 import subprocess
@@ -30,44 +27,6 @@ def _env(data_dir):
 def _run(module, *args, data_dir):
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=_env(data_dir),
                         capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, smoke_data_dir):
-  shared = tmp_path_factory.getbasetemp() / "sweep" / "a"
-  if (shared / "results.json").exists():
-    return shared
-  wd = tmp_path_factory.mktemp("viz_wd")
-  r = _run("jaxaffect.main", "--config", "configs/demo.py:smoke", "--workdir", str(wd),
-           "--config.total_steps=1", data_dir=smoke_data_dir)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return wd
-
-
-def test_attention_figure_from_checkpoint(trained, smoke_data_dir, tmp_path):
-  video = sorted(glob.glob(os.path.join(smoke_data_dir, "raw", "*", "Joy", "*.mp4")))[0]
-  out, js = tmp_path / "att.png", tmp_path / "att.json"
-  r = _run("jaxaffect.methods.vaanet.attention", "--config", "configs/demo.py:smoke", "--workdir",
-           str(trained), "--video", video, "--out", str(out), "--json_out", str(js),
-           data_dir=smoke_data_dir)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert 10_000 < out.stat().st_size < 3_000_000
-  import matplotlib.image
-  img = matplotlib.image.imread(str(out))
-  assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 800
-  assert img.std() > 0.05  # not a blank canvas
-  res = json.loads(js.read_text())
-  assert res["step"] == 1
-  probs = res["probabilities"]
-  assert list(probs) == ["Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness",
-                         "Surprise", "Trust"]
-  assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
-  assert res["predicted"] == max(probs, key=probs.get)
-  assert len(res["gamma"]) == 2 and min(res["gamma"]) >= 0.0  # smoke: 2 segments, ReLU
-  alpha = np.asarray(res["alpha"])                           # [S, T', H', W']
-  assert alpha.shape == (2, *res["alpha_grid"])
-  # alpha = hw * softmax: mean 1 over the positions of each segment.
-  np.testing.assert_allclose(alpha.reshape(2, -1).mean(-1), 1.0, rtol=1e-5)
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, smoke_data_dir):
