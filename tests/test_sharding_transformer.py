@@ -20,7 +20,9 @@ def reference():
   return _run(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])[0]
 
 
-@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=4, tensor=2)])
+# (2, 2, 2) is covered for the scanned stack, with the rule that exposes XLA:CPU's
+# miscompilation, by tests/test_transformer.py.
+@pytest.mark.parametrize("mesh", [dict(data=1, fsdp=4, tensor=2)])
 def test_transformer_sharded_equals_single_device(reference, mesh):
   losses, _ = _run(mesh, jax.devices())
   np.testing.assert_allclose(losses, reference, rtol=1e-5)

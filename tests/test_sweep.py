@@ -26,7 +26,8 @@ def _env(data_dir):
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   env["JAX_PLATFORMS"] = "cpu"
   env["JAXAFFECT_DATA_DIR"] = data_dir
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the sweep's own cache under --root
+  # The run's shared compilation cache (conftest.py): the variants' demo programs are the ones
+  # other tests compile on 8 devices. (Without one, the sweep makes its own under --root.)
   return env
 
 
