@@ -116,6 +116,20 @@ class Mapped:
   skipped: list[str]                        # Flax paths deliberately left to the model's init
 
 
+def mismatch_lines(source: str, missing, unexpected, mismatched) -> list[str]:
+  """The report of a checkpoint that does not match the model: each kind of mismatch with its
+  count and up to _MAX_LISTED names (every converter words it the same way)."""
+  lines = [f"{source} does not match the model:"]
+  for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                       ("shape mismatches", mismatched)):
+    if items:
+      lines.append(f"  {len(items)} {title}:")
+      lines += [f"    {x}" for x in items[:_MAX_LISTED]]
+      if len(items) > _MAX_LISTED:
+        lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
+  return lines
+
+
 def map_state_dict(state_dict: Mapping[str, np.ndarray], abstract: Mapping[str, Any],
                    rename: Mapping[str, Callable[[tuple[str, ...]], str]], *,
                    drop: Mapping[str, str] | None = None,
@@ -172,14 +186,7 @@ def map_state_dict(state_dict: Mapping[str, np.ndarray], abstract: Mapping[str, 
   dropped = {k: why for k, why in drop.items() if k in state_dict}
   unexpected = [k for k in state_dict if k not in used and k not in dropped]
   if missing or unexpected or mismatched:
-    lines = [f"{source} does not match the model:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", mismatched)):
-      if items:
-        lines.append(f"  {len(items)} {title}:")
-        lines += [f"    {x}" for x in items[:_MAX_LISTED]]
-        if len(items) > _MAX_LISTED:
-          lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
+    lines = mismatch_lines(source, missing, unexpected, mismatched)
     if hint is not None:
       extra = hint([m.split(" ")[0] for m in missing], unexpected)
       if extra:

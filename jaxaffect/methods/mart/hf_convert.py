@@ -45,7 +45,6 @@ from jaxaffect.methods.mart.encoders import (AudioSpectrogramTransformer, BertEn
 from jaxaffect.nn.patches import crop_position_grid
 from jaxaffect.nn.transformer import stack_layers
 
-_MAX_LISTED = 20
 # Our block's parameter -> the torch module name under one layer, per layout.
 _VIDEOMAE_BLOCK = {"ln_attn": "layernorm_before", "query": "attention.attention.query",
                    "key": "attention.attention.key", "value": "attention.attention.value",
@@ -159,15 +158,8 @@ def _map(sd: dict[str, np.ndarray], origin: dict[str, str], abstract: dict, rule
     else:
       dropped[origin[k]] = why
   if missing or unexpected or mismatched:
-    lines = [f"{source} does not match the model:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", mismatched)):
-      if items:
-        lines.append(f"  {len(items)} {title}:")
-        lines += [f"    {x}" for x in items[:_MAX_LISTED]]
-        if len(items) > _MAX_LISTED:
-          lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
-    raise ConversionError("\n".join(lines))
+    raise ConversionError("\n".join(
+        keymap.mismatch_lines(source, missing, unexpected, mismatched)))
   params = keymap.unflatten(out)["params"]
   return params, {origin[k]: p for k, p in used.items()}, dropped
 
