@@ -8,7 +8,7 @@ Errors raise `MediaError` whose message starts with the file path, so a build ca
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -123,8 +123,9 @@ def read_video_frames(
   return np.stack(kept), stored_fps
 
 
-def read_audio(path, sr: int) -> np.ndarray | None:
-  """Decodes the first audio stream as float32 mono (channel mean) at `sr` Hz; None if absent."""
+def _decode_audio(path, resampler_for) -> tuple[list[np.ndarray], Any] | None:
+  """(planar float32 chunks [channels, n], the stream) of the file's first audio stream, every
+  decoded frame passed through resampler_for(stream); None if the file has no audio stream."""
   try:
     container = av.open(os.fspath(path))
   except Exception as e:
@@ -133,19 +134,26 @@ def read_audio(path, sr: int) -> np.ndarray | None:
     if not container.streams.audio:
       return None
     stream = container.streams.audio[0]
-    # Resample every channel, then average them: librosa's to_mono (what VAANet's
-    # librosa.load did); swresample's own stereo->mono downmix scales by 1/sqrt(2) instead.
-    resampler = av.AudioResampler(format="fltp", rate=int(sr))
+    resampler = resampler_for(stream)
     chunks: list[np.ndarray] = []
     try:
       for frame in container.decode(stream):
         frame.pts = None  # Let the resampler keep its own clock (avoids pts-gap errors).
-        for out in resampler.resample(frame):
-          chunks.append(out.to_ndarray().mean(axis=0))
-      for out in resampler.resample(None):
-        chunks.append(out.to_ndarray().mean(axis=0))
+        chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+      chunks.extend(out.to_ndarray() for out in resampler.resample(None))
     except Exception as e:
       raise _err(path, "audio decode failed", e) from e
+  return chunks, stream
+
+
+def read_audio(path, sr: int) -> np.ndarray | None:
+  """Decodes the first audio stream as float32 mono (channel mean) at `sr` Hz; None if absent."""
+  # Resample every channel, then average them: librosa's to_mono (what VAANet's
+  # librosa.load did); swresample's own stereo->mono downmix scales by 1/sqrt(2) instead.
+  got = _decode_audio(path, lambda stream: av.AudioResampler(format="fltp", rate=int(sr)))
+  if got is None:
+    return None
+  chunks = [c.mean(axis=0) for c in got[0]]
   if not chunks:
     return np.zeros((0,), np.float32)
   return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -171,25 +179,14 @@ def read_audio_channels(path) -> tuple[np.ndarray, int] | None:
   No resampling and no downmix (what torchaudio.load returns, which MART's fbank front end
   reads); None if the file has no audio stream.
   """
-  try:
-    container = av.open(os.fspath(path))
-  except Exception as e:
-    raise _err(path, "cannot open", e) from e
-  with container:
-    if not container.streams.audio:
-      return None
-    stream = container.streams.audio[0]
-    rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-    # Planar float at the stream's own rate and layout: a format conversion only.
-    resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
-    chunks: list[np.ndarray] = []
-    try:
-      for frame in container.decode(stream):
-        frame.pts = None
-        chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
-      chunks.extend(out.to_ndarray() for out in resampler.resample(None))
-    except Exception as e:
-      raise _err(path, "audio decode failed", e) from e
+  rate_of = lambda stream: int(stream.rate or stream.codec_context.sample_rate or 0)
+  # Planar float at the stream's own rate and layout: a format conversion only.
+  got = _decode_audio(path, lambda stream: av.AudioResampler(
+      format="fltp", layout=stream.layout, rate=rate_of(stream)))
+  if got is None:
+    return None
+  chunks, stream = got
+  rate = rate_of(stream)
   if rate <= 0:
     raise _err(path, "audio stream has no sample rate")
   if not chunks:
