@@ -186,6 +186,22 @@ def _block_rule(table: Mapping[str, str], layer_prefix: str) -> Callable:
   return rule
 
 
+def _top_rule(block, modules: Mapping[str, str], tensors: Mapping[str, str], what: str):
+  """Flax path -> torch key: the stack's layers through `block`, our module `m` as
+  `modules[m].<leaf>`, a bare parameter `t` as `tensors[t]`."""
+  def rule(path):
+    top = path[0]
+    if top == "encoder":
+      return block(path)
+    if top in modules:
+      return f"{modules[top]}.{_torch_leaf(path)}"
+    if top in tensors:
+      return tensors[top]
+    raise ConversionError(f"no Hugging Face name for {what} parameter {'/'.join(path)}")
+
+  return rule
+
+
 def _with_extra(sd, origin, extra: Mapping[str, Any] | None):
   for k, v in (extra or {}).items():
     if k in sd:
@@ -206,19 +222,9 @@ def videomae(sd: Mapping[str, Any], model: VideoViT, *, extra: Mapping[str, Any]
   if "layernorm.weight" in sd:
     raise ConversionError(f"{source}: a VideoMAE with use_mean_pooling=False (final layernorm, "
                           "CLS-token head) is not the VideoMAE layout MART uses")
-  block = _block_rule(_VIDEOMAE_BLOCK, "encoder.layer")
-
-  def rule(path):
-    top = path[0]
-    if top == "encoder":
-      return block(path)
-    if top == "patch_embed":
-      return f"embeddings.patch_embeddings.projection.{_torch_leaf(path)}"
-    if top == "cls_token":
-      return "cls_token"
-    if top == "fc_norm":
-      return f"fc_norm.{_torch_leaf(path)}"
-    raise ConversionError(f"no Hugging Face name for VideoViT parameter {'/'.join(path)}")
+  rule = _top_rule(_block_rule(_VIDEOMAE_BLOCK, "encoder.layer"),
+                   {"patch_embed": "embeddings.patch_embeddings.projection",
+                    "fc_norm": "fc_norm"}, {"cls_token": "cls_token"}, "VideoViT")
 
   x = jax.ShapeDtypeStruct((1, model.num_frames, model.image_size, model.image_size, 3),
                            np.float32)
@@ -270,22 +276,10 @@ def ast(sd: Mapping[str, Any], model: AudioSpectrogramTransformer, *,
     info["cropped_positions"] = f"{tuple(g)} -> {tuple(grid)}"
     return crop_ast_positions(arr, g, grid)
 
-  block = _block_rule(_AST_BLOCK, "layers")
-  names = {"patch_embed": "embeddings.patch_embeddings.projection", "norm": "layernorm"}
-
-  def rule(path):
-    top = path[0]
-    if top == "encoder":
-      return block(path)
-    if top in names:
-      return f"{names[top]}.{_torch_leaf(path)}"
-    if top == "cls_token":
-      return "embeddings.cls_token"
-    if top == "dist_token":
-      return "embeddings.distillation_token"
-    if top == "pos_embed":
-      return pos_key
-    raise ConversionError(f"no Hugging Face name for AST parameter {'/'.join(path)}")
+  rule = _top_rule(_block_rule(_AST_BLOCK, "layers"),
+                   {"patch_embed": "embeddings.patch_embeddings.projection", "norm": "layernorm"},
+                   {"cls_token": "embeddings.cls_token",
+                    "dist_token": "embeddings.distillation_token", "pos_embed": pos_key}, "AST")
 
   x = jax.ShapeDtypeStruct((1, model.num_frames, model.num_mel_bins), np.float32)
   abstract = abstract_variables(_unscanned(model), x)["params"]
@@ -302,19 +296,12 @@ def bert(sd: Mapping[str, Any], model: BertEncoder, *, source: str = "checkpoint
   BertEncoder params. Pretraining heads (`cls.*`) and the `position_ids` / `token_type_ids`
   buffers are dropped (accounted)."""
   sd, origin = _normalise(sd, "bert.", _BERT_V4)
-  block = _block_rule(_BERT_BLOCK, "encoder.layer")
-  names = {"word_embeddings": "embeddings.word_embeddings",
-           "position_embeddings": "embeddings.position_embeddings",
-           "token_type_embeddings": "embeddings.token_type_embeddings",
-           "embeddings_ln": "embeddings.LayerNorm", "pooler": "pooler.dense"}
-
-  def rule(path):
-    top = path[0]
-    if top == "encoder":
-      return block(path)
-    if top in names:
-      return f"{names[top]}.{_torch_leaf(path)}"
-    raise ConversionError(f"no Hugging Face name for BERT parameter {'/'.join(path)}")
+  rule = _top_rule(_block_rule(_BERT_BLOCK, "encoder.layer"),
+                   {"word_embeddings": "embeddings.word_embeddings",
+                    "position_embeddings": "embeddings.position_embeddings",
+                    "token_type_embeddings": "embeddings.token_type_embeddings",
+                    "embeddings_ln": "embeddings.LayerNorm", "pooler": "pooler.dense"},
+                   {}, "BERT")
 
   ids = jax.ShapeDtypeStruct((1, 8), np.int32)
   abstract = abstract_variables(_unscanned(model), ids)["params"]
