@@ -57,9 +57,11 @@ class Method(abc.ABC):
 
   # ---- loss and predictions -----------------------------------------------------------------
   @abc.abstractmethod
-  def loss(self, params, model_state, batch: Batch, rng: jax.Array
+  def loss(self, params, model_state, batch: Batch, rng: jax.Array, step: jax.Array | None = None
            ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
-    """Training loss. Returns (loss, (scalar metrics, new model_state))."""
+    """Training loss. Returns (loss, (scalar metrics, new model_state)). `step` is the train
+    step (int32 scalar, traced; None outside a train step) for losses with a schedule or
+    stages (MART); the metrics must have the same keys at every step."""
 
   @abc.abstractmethod
   def predict(self, params, model_state, batch: Batch) -> dict[str, jax.Array]:

@@ -159,22 +159,24 @@ def build(config, method, mesh) -> Setup:
     return jax.tree.map(lambda p, s, own: p if own else jax.lax.with_sharding_constraint(p, s),
                         params, compute_sharding, per_layer)
 
-  def loss_fn(params, model_state, batch, rng):
-    return method.loss(gather(params), model_state, batch, rng)
+  def loss_fn(params, model_state, batch, rng, step):
+    return method.loss(gather(params), model_state, batch, rng, step)
 
-  def grads_of(params, model_state, batch, rng):
-    return jax.value_and_grad(loss_fn, has_aux=True)(params, model_state, batch, rng)
+  def grads_of(params, model_state, batch, rng, step):
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, model_state, batch, rng, step)
 
   def train_step(state, batch, base_rng):
     step = state["step"]
     rng = jax.random.fold_in(base_rng, step)
     params = state["params"]
     if grad_accum == 1:
-      (loss, (metrics, model_state)), grads = grads_of(params, state["model_state"], batch, rng)
+      (loss, (metrics, model_state)), grads = grads_of(params, state["model_state"], batch, rng,
+                                                       step)
     else:
       micro = _split_microbatches(batch, grad_accum)
       m_shape = jax.eval_shape(lambda: grads_of(params, state["model_state"],
-                                                jax.tree.map(lambda x: x[0], micro), rng)[0][1][0])
+                                                jax.tree.map(lambda x: x[0], micro), rng,
+                                                step)[0][1][0])
       # A method whose loss is a mean over a variable number of units (valid snippets, target
       # tokens) reports that number as metrics["loss_weight"]: micro-batches then count by
       # their weight, so the result is the mean over all units of the global batch. Without
@@ -184,7 +186,7 @@ def build(config, method, mesh) -> Setup:
       def body(carry, xs):
         g_acc, ms, l_acc, w_acc, m_acc = carry
         j, mb = xs
-        (l, (m, ms)), g = grads_of(params, ms, mb, jax.random.fold_in(rng, j))
+        (l, (m, ms)), g = grads_of(params, ms, mb, jax.random.fold_in(rng, j), step)
         w = m[LOSS_WEIGHT].astype(jnp.float32) if weighted else jnp.ones((), jnp.float32)
         if weighted:
           g = jax.tree.map(lambda x: x * w.astype(x.dtype), g)
@@ -267,7 +269,8 @@ def _reports_loss_weight(method, abstract_vars, example_specs, mesh, rules) -> b
   model_state = {c: abstract_vars[c] for c in method.state_collections if c in abstract_vars}
 
   def metrics(params, model_state, batch):
-    return method.loss(params, model_state, batch, jax.random.key(0))[1][0]
+    step = jnp.zeros((), jnp.int32)
+    return method.loss(params, model_state, batch, jax.random.key(0), step)[1][0]
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     out = jax.eval_shape(metrics, shd.unbox_abstract(abstract_vars["params"]),

@@ -37,7 +37,7 @@ class MaskedRegression(method_lib.Method):
   def init_variables(self, rng, batch):
     return self.model.init(rng, batch["x"])
 
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, step=None):
     err = (self.model.apply({"params": params}, batch["x"]) - batch["y"]) ** 2
     units = jnp.sum(batch["mask"])
     metrics = {steps.LOSS_WEIGHT: units} if self.weighted else {}

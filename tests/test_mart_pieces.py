@@ -92,12 +92,10 @@ def test_attmask_clip_gate_and_traced_ratio():
   np.testing.assert_array_equal(jitted, m)  # the ratio may be traced: one compile per run
 
 
-def test_mart_is_refused_with_one_line_until_its_method_exists():
+def test_mart_is_a_registered_method():
   from jaxaffect import method as methods
-  from jaxaffect.errors import UserError
   assert "mart" in methods.known()
-  with pytest.raises(UserError, match="'mart' cannot train yet"):
-    methods.method_class("mart")
+  assert methods.method_class("mart").__module__ == "jaxaffect.methods.mart.method"
 
 
 def test_normalized_pixel_targets_against_a_per_tubelet_loop():
@@ -184,3 +182,12 @@ def test_apply_mask_token_replaces_only_masked_tokens():
   tokens = jnp.arange(12.0).reshape(1, 3, 4)
   out = decoder.apply_mask_token(tokens, jnp.asarray([[False, True, False]]), -jnp.ones(4))
   np.testing.assert_array_equal(out, [[[0, 1, 2, 3], [-1, -1, -1, -1], [8, 9, 10, 11]]])
+
+
+def test_cpc_score_has_finite_gradients_at_zero_rows():
+  from jaxaffect.methods.mart import losses
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 6)), jnp.float32)
+  x_hat = x.at[1].set(0.0)  # a zero prediction row (padding, or a ReLU that went dark)
+  valid = jnp.asarray([True, True, True, False])
+  g = jax.grad(lambda a, b: losses.cpc_score(a, b, valid), argnums=(0, 1))(x.at[3].set(0.0), x_hat)
+  assert all(np.isfinite(np.asarray(t)).all() for t in g)

@@ -251,5 +251,7 @@ def test_cli_subtitles_flag(tmp_path):
   assert cli.main(["--out", str(out), "--num-train-per-class", "1", "--num-test-per-class", "0",
                    "--size", "32", "--fps", "8", "--min-duration", "0.5", "--max-duration",
                    "0.6", "--num-workers", "1", "--subtitles"]) == 0
-  assert len(list(out.rglob("*.srt"))) == 8
+  # One per labelled clip, plus the unlabelled pool's default 5x the train split.
+  assert len([p for p in out.rglob("*.srt") if p.parent.name != "unlabelled"]) == 8
+  assert len(list((out / "unlabelled").glob("*.srt"))) == 40
   assert (out / "vocab.txt").is_file() and (out / "lexicon.tsv").is_file()

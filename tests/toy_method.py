@@ -80,7 +80,7 @@ class ToyMethod(base.Method):
   def model_inputs(self, batch):
     return {"x": batch["x"]}
 
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, step=None):
     logits, st = self.model.apply({"params": params, **model_state}, batch["x"], train=True,
                                   mutable=["batch_stats"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
@@ -169,7 +169,7 @@ class TransformerMethod(ToyMethod):
   def example_batch(self, b):
     return {"x": np.zeros((b, 8, self._width()), np.float32), "label": np.zeros((b,), np.int32)}
 
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, step=None):
     logits = self.model.apply({"params": params}, batch["x"], train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), ({}, {})
 

@@ -10,20 +10,21 @@ under <data_dir>/video_emotion/<config name>/<version>/. Bad items never stop a 
 skipped (or zero-filled, for a missing audio stream) and listed in `manifest.json` there, with
 the split's source, videos no split lists and basenames found under several classes. A raw
 folder that is empty, or whose class folders hold no video, is an error naming the folder.
+MART's inputs (Kaldi fbank, tokenised subtitles, lexicon features) are optional settings
+(`fbank_bins`, `subtitles_vocab`, `lexicon`; fbank_subtitles.py), off by default.
 
 Usage:
   builder = build_video_emotion(raw_root, data_dir, dict(fps=10, frame_short_side=112))
   builder = build_video_emotion(ek6_root, data_dir, dict(layout="ekman6"))
+  builder = build_video_emotion(raw_root, data_dir, dict(fbank_bins=128,
+                                subtitles_vocab="vocab.txt", lexicon="lexicon.tsv"))  # MART
   source = builder.as_data_source("train")  # random access, numpy, no TensorFlow
   manifest = load_manifest(builder)
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import time
 import zlib
@@ -36,6 +37,7 @@ from data_pipelines.builders import common as builders_common
 
 from data_pipelines import media
 from data_pipelines.builders import emotion_splits
+from data_pipelines.builders import fbank_subtitles
 # Re-exported: the raw-layout helpers lived here in the first version.
 from data_pipelines.builders.emotion_splits import (  # noqa: F401
     EK6_CLASSES, LAYOUT_CLASSES, LAYOUTS, VE8_CLASSES, VIDEO_EXTENSIONS, RawLayoutError,
@@ -75,6 +77,15 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
   hop_length: int = 512
   no_audio_policy: str = "zeros"
   class_names: tuple[str, ...] = ()  # () = the layout's classes (VE8_CLASSES, EK6_CLASSES)
+  # MART's inputs (fbank_subtitles.py), off by default: 128 = MART's filter bank; a BERT
+  # vocab.txt and an optional lexicon file (relative paths: in the raw folder).
+  fbank_bins: int = 0
+  subtitles_vocab: str = ""
+  lexicon: str = ""
+
+  @property
+  def extras(self) -> fbank_subtitles.Settings:
+    return fbank_subtitles.Settings(self.fbank_bins, self.subtitles_vocab, self.lexicon)
 
   def __post_init__(self):
     if self.layout not in LAYOUTS:
@@ -95,6 +106,9 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
         raise ExtractionConfigError(f"{field} must be >= 1 or None, got {value}")
     self.class_names = tuple(self.class_names) or LAYOUT_CLASSES[self.layout]
     self.split_file = os.fspath(self.split_file or "")
+    self.subtitles_vocab = os.fspath(self.subtitles_vocab or "")
+    self.lexicon = os.fspath(self.lexicon or "")
+    fbank_subtitles.check(self.extras, ExtractionConfigError)
     if not self.name:
       self.name = self.derived_name()
     if not self.description:
@@ -117,6 +131,7 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
       parts.append(f"classes{zlib.crc32('|'.join(self.class_names).encode()):08x}")
     if self.split_file:
       parts.append(f"splitfile{zlib.crc32(self.split_file.encode()):08x}")
+    parts += fbank_subtitles.name_parts(self.extras, ExtractionConfigError)
     return "_".join(parts)
 
   def contract(self) -> dict[str, Any]:
@@ -134,6 +149,7 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
             "label": "int64, 0-based index into class_names",
             "key": "str 'Class/name'",
         },
+        **fbank_subtitles.contract(self.extras),
     )
 
 
@@ -161,49 +177,36 @@ def extract_example(path: str, key: str, label: int, config: VideoEmotionConfig)
   return example, note
 
 
+def extract_extras(path: str, key: str, config: VideoEmotionConfig, root=None):
+  """(MART's features of one video, subtitle note): fbank_subtitles.extract with the
+  subtitles looked up beside the video, then under <root>/srt/ (MART's layout)."""
+  extras, _, note = fbank_subtitles.extract(
+      path, fbank_subtitles.srt_candidates(path, key, root), config.extras)
+  return extras, note
+
+
 def _extract_safe(args):
-  """Worker entry: never raises, so one bad file cannot take down a pool."""
-  item, config = args
+  """Worker entry: never raises, so one bad file cannot take down a pool.
+
+  Returns (key, example or None, note, subtitle note or None)."""
+  item, config, root = args
+  text_note = None
   try:
     example, note = extract_example(item.path, item.key, item.label, config)
+    if example is not None and config.extras.enabled:
+      extras, text_note = extract_extras(item.path, item.key, config, root)
+      example.update(extras)
   except media.MediaError as e:
-    return item.key, None, f"skip: {e}"
+    return item.key, None, f"skip: {e}", None
   except Exception as e:  # Any other decoder/librosa failure: still skip, naming the file.
-    return item.key, None, f"skip: {item.path}: {type(e).__name__}: {e}"
-  return item.key, example, note
+    return item.key, None, f"skip: {item.path}: {type(e).__name__}: {e}", None
+  return item.key, example, note, text_note
 
 
-def _limit_blas_threads():
-  """Single-threaded BLAS for the MFCC mel projection, returned as a context manager.
-
-  With OpenBLAS' default thread pool the small [128 x 1025] @ [1025 x T] products stalled on
-  thread wake-ups: 16 ms per clip instead of 0.3 ms, and a 2.6x slower demo build on 2 cores.
-  """
-  import librosa  # noqa: F401  Load every BLAS that librosa pulls in before limiting them.
-  try:
-    from threadpoolctl import threadpool_limits
-  except ImportError:  # Optional: librosa's scikit-learn dependency normally brings it.
-    return contextlib.nullcontext()
-  return threadpool_limits(limits=1, user_api="blas")
-
-
-def _worker_init():
-  global _WORKER_LIMITS
-  _WORKER_LIMITS = _limit_blas_threads()  # Kept alive for the worker's lifetime.
-
-
-_WORKER_LIMITS = None
-
-
-def _extract_all(items: Sequence[emotion_splits.Item], config, num_workers: int) -> Iterator[tuple]:
-  jobs = [(item, config) for item in items]
-  if num_workers <= 1 or len(jobs) < 16:
-    with _limit_blas_threads():
-      yield from map(_extract_safe, jobs)
-    return
-  ctx = multiprocessing.get_context("spawn")  # Safe whatever the parent imported (JAX, threads).
-  with cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_worker_init) as pool:
-    yield from pool.map(_extract_safe, jobs, chunksize=4)
+def _extract_all(items: Sequence[emotion_splits.Item], config, num_workers: int,
+                 root=None) -> Iterator[tuple]:
+  jobs = [(item, config, root) for item in items]
+  yield from builders_common.map_jobs(_extract_safe, jobs, num_workers)
 
 
 # ------------------------------------------------------------------------------ builder
@@ -233,6 +236,7 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
     self._num_workers = max(1, int(num_workers))
     self._report: dict[str, dict] = {}
     self._plan: emotion_splits.SplitPlan | None = None
+    self._root: str | None = None
     super().__init__(**kwargs)
 
   @property
@@ -248,6 +252,7 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     n_mfcc = getattr(cfg, "n_mfcc", 32)
     names = list(getattr(cfg, "class_names", None) or VE8_CLASSES)
+    extras = getattr(cfg, "extras", fbank_subtitles.Settings())
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             # N, H and W vary per video: two or more unknown dims need a byte encoding
@@ -258,6 +263,7 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
             "has_audio": tfds.features.Scalar(dtype=np.bool_),
             "label": tfds.features.ClassLabel(names=names),
             "key": tfds.features.Text(),
+            **fbank_subtitles.features(extras),
         }),
         supervised_keys=None,
         homepage="https://github.com/jaxaffect",
@@ -270,13 +276,15 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
         root, layout=cfg.layout, split_index=cfg.split_index, class_names=cfg.class_names,
         split_file=cfg.split_file)
     self._report = {}
+    self._root = root
     return {split: self._generate_examples(split, self._plan.items[split])
             for split in emotion_splits.SPLITS}
 
   def _generate_examples(self, split: str, items: list[emotion_splits.Item]):
     cfg = self.config
     report = self._report.setdefault(
-        split, dict(listed=len(items), skipped=[], zero_audio=[], counts={}, seconds=0.0))
+        split, dict(listed=len(items), skipped=[], zero_audio=[], counts={}, seconds=0.0,
+                    no_subtitles=[], bad_subtitles=[]))
     start = time.time()
     usable = []
     for item in items:
@@ -285,12 +293,18 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
       else:
         usable.append(item)
     label_of = {item.key: item.label for item in usable}
-    for key, example, note in _extract_all(usable, cfg, self._num_workers):
+    for key, example, note, text_note in _extract_all(usable, cfg, self._num_workers,
+                                                      self._root):
       if example is None:
         report["skipped"].append(dict(key=key, reason=note[len("skip: "):]))
         continue
       if note == "zero_audio":
         report["zero_audio"].append(key)
+      if text_note == fbank_subtitles.NO_SUBTITLES:
+        report["no_subtitles"].append(key)
+      elif text_note:
+        report["bad_subtitles"].append(
+            dict(key=key, reason=text_note[len(fbank_subtitles.BAD_SUBTITLES):]))
       name = cfg.class_names[label_of[key]]
       report["counts"][name] = report["counts"].get(name, 0) + 1
       yield key, example
@@ -331,6 +345,13 @@ def write_manifest(builder: VideoEmotion, report: dict,
       notes=plan.notes if plan else [],
       contract=cfg.contract(),
   )
+  if cfg.subtitles_vocab:  # Only then: manifests of builds without subtitles keep their keys.
+    for split, r in report.items():
+      splits[split].update(num_no_subtitles=len(r["no_subtitles"]),
+                           num_bad_subtitles=len(r["bad_subtitles"]))
+    manifest["no_subtitles"] = sorted(k for r in report.values() for k in r["no_subtitles"])
+    manifest["bad_subtitles"] = [dict(split=s, **x) for s, r in report.items()
+                                 for x in r["bad_subtitles"]]
   return builders_common.write_manifest_file(builder, manifest)
 
 
@@ -360,6 +381,9 @@ def build_video_emotion(
   kwargs = dict(config_kwargs or {})
   if "split" in kwargs:
     kwargs["split_index"] = kwargs.pop("split")
+  for field in ("subtitles_vocab", "lexicon"):  # Relative: a file of the raw folder.
+    if kwargs.get(field):
+      kwargs[field] = fbank_subtitles.resolve(kwargs[field], manual_dir)
   config = builders_common.checked_config(VideoEmotionConfig, kwargs, "video_emotion", ExtractionConfigError)
   builder = VideoEmotion(data_dir=os.fspath(data_dir), config=config, num_workers=num_workers,
                          file_format="array_record")

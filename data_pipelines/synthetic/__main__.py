@@ -1,4 +1,5 @@
-"""CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...] [--gait|--tsl].
+"""CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...]
+[--subtitles [--unlabelled N]] [--gait|--tsl].
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
   p.add_argument("--num-workers", type=int, default=None, help="processes (default: CPU count)")
   p.add_argument("--subtitles", action="store_true",
                  help="also write .srt subtitles, vocab.txt and lexicon.tsv (MART's text)")
+  p.add_argument("--unlabelled", type=int, default=None, metavar="N",
+                 help="clips in <out>/unlabelled/ (no labels; default: 5x the train split "
+                      "with --subtitles, else 0)")
   p.add_argument("--gait", action="store_true",
                  help="write the synthetic Emotion-Gait h5 layout instead (synthetic/gait.py)")
   p.add_argument("--num-per-class", type=int, default=200, help="gaits per class (--gait)")
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
         a.out, seed=a.seed, num_train_per_class=a.num_train_per_class,
         num_test_per_class=a.num_test_per_class, size=a.size, fps=a.fps, sr=a.sr,
         min_duration=a.min_duration, max_duration=a.max_duration, num_workers=a.num_workers,
-        with_subtitles=a.subtitles,
+        with_subtitles=a.subtitles, num_unlabelled=a.unlabelled,
     )
   except (FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

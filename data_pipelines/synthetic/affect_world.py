@@ -16,7 +16,7 @@ audio-only model about 25%, a constant one 12.5%.
 
 `render_clip` is the building block later generators (untrimmed clips with emotional segments)
 can reuse; `generate_ve8_style` writes a VE-8-style dataset, optionally with subtitles
-(synthetic/subtitles.py).
+(synthetic/subtitles.py) and an unlabelled pool of clips (MART's pretraining corpus).
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ GROUP_HUES = (0.0, 0.33, 0.5, 0.78)  # red, green, cyan, purple
 GROUP_SHAPES = ("disc", "square", "diamond", "cross")
 GROUP_MOTIONS = ("horizontal", "vertical", "circle", "pulse")
 GENERATOR_VERSION = 1
+UNLABELLED_DIR = "unlabelled"
+UNLABELLED_FACTOR = 5  # The default pool: 5x the labelled train split (issue #12).
 
 
 def class_index(group: int, cue: int) -> int:
@@ -194,6 +196,7 @@ def generate_ve8_style(
     num_workers: int | None = None,
     verbose: bool = True,
     with_subtitles: bool = False,
+    num_unlabelled: int | None = None,
 ) -> str:
   """Writes a VE-8-style dataset (mp4 + classInd.txt + splits/*01.txt) into `out_dir`.
 
@@ -201,6 +204,11 @@ def generate_ve8_style(
   `lexicon.tsv` at the top (MART's text inputs, synthetic/subtitles.py); the mp4s and split
   lists are the same bytes either way. Off by default, so existing datasets keep their
   parameters (the DONE marker names `with_subtitles` only when it is on).
+
+  `num_unlabelled` clips (default: 5x the train split with subtitles, else none) go to
+  `unlabelled/clip_<i>.mp4` (with their .srt when `with_subtitles`), outside the class
+  folders and split lists: an unlabelled pretraining pool from the same world, each clip of a
+  class drawn uniformly from its own random stream (the DONE marker names it when > 0).
 
   Deterministic in `seed` (byte-identical mp4s). Idempotent: a `DONE` marker with the
   parameters makes a repeated call a no-op; other parameters into a used directory raise.
@@ -221,6 +229,13 @@ def generate_ve8_style(
   )
   if with_subtitles:
     params["with_subtitles"] = True
+  if num_unlabelled is None:
+    num_unlabelled = UNLABELLED_FACTOR * len(common.VE8_CLASSES) * num_train_per_class \
+        if with_subtitles else 0
+  if num_unlabelled < 0:
+    raise ValueError(f"num_unlabelled must be >= 0, got {num_unlabelled}")
+  if num_unlabelled:
+    params["num_unlabelled"] = int(num_unlabelled)
   out_dir = os.fspath(out_dir)
   if common.begin_output(out_dir, params):
     if verbose:
@@ -237,6 +252,12 @@ def generate_ve8_style(
         listing.append((key, label))
         jobs.append((os.path.join(out_dir, key + ".mp4"), int(seed), split, label, i, spec,
                      bool(with_subtitles)))
+  if num_unlabelled:
+    os.makedirs(os.path.join(out_dir, UNLABELLED_DIR), exist_ok=True)
+  for i in range(num_unlabelled):
+    label = int(common.rng_for(seed, "ve8_unlabelled_class", i).integers(len(common.VE8_CLASSES)))
+    jobs.append((os.path.join(out_dir, UNLABELLED_DIR, f"clip_{i:05d}.mp4"), int(seed),
+                 UNLABELLED_DIR, label, i, spec, bool(with_subtitles)))
   if num_workers is None:
     num_workers = min(len(os.sched_getaffinity(0)), 8)
   _run_jobs(jobs, num_workers)
@@ -246,6 +267,6 @@ def generate_ve8_style(
     subtitles.write_lexicon(out_dir)
   common.finish_output(out_dir, params)
   if verbose:
-    print(f"{out_dir}: wrote {len(jobs)} clips ({len(train)} train, {len(test)} test) "
-          f"in {time.time() - start:.1f} s")
+    print(f"{out_dir}: wrote {len(jobs)} clips ({len(train)} train, {len(test)} test, "
+          f"{num_unlabelled} unlabelled) in {time.time() - start:.1f} s")
   return out_dir

@@ -51,3 +51,24 @@ def fbank_segments(fbank: np.ndarray, num_segments: int, frames_per_segment: int
 def ast_normalize(x, mean: float = AST_MEAN, std: float = AST_STD):
   """(x - mean) / (2 * std): AST's input scaling; works on numpy and jax arrays alike."""
   return (x - mean) / (2.0 * std)
+
+
+def spec_augment(fbank: np.ndarray, freq_mask: int, time_mask: int,
+                 rng: np.random.Generator) -> np.ndarray:
+  """float32 [T, M] with one frequency band, then one time span, set to 0 (a copy).
+
+  torchaudio's FrequencyMasking(freq_mask) then TimeMasking(time_mask) as MART applies them
+  in training (to the whole T = Ns * frames sequence, before AST scaling): width
+  w = int(u * param), start int(u' * (size - u * param)) for u, u' uniform in [0, 1). A start
+  below 0 (param larger than the axis) is clamped to 0; 0 turns a mask off (no draws).
+  """
+  out = np.array(fbank, np.float32)
+  for axis, param in ((1, freq_mask), (0, time_mask)):
+    if param <= 0:
+      continue
+    value = rng.random() * param
+    start = max(0, int(rng.random() * (out.shape[axis] - value)))
+    index = [slice(None)] * 2
+    index[axis] = slice(start, start + int(value))
+    out[tuple(index)] = 0.0
+  return out

@@ -6,7 +6,8 @@ methods that train on VideoEmotion-8 or Ekman-6 clips; prepared and opened by fa
             workbook; `dataset.split` picks one of the 10 official splits.
   "ekman6"  Ekman-6: <class>/<id>.<ext> plus CTEN's ID lists (else the alternating rule);
             one split.
-`dataset.split_file` (optional) names the lists' folder or the .xlsx, relative to the raw folder.
+`dataset.split_file` (optional) names the lists' folder or the .xlsx, relative to the raw folder;
+so do relative `dataset.extraction.subtitles_vocab` and `.lexicon` (MART's inputs).
 """
 from __future__ import annotations
 
@@ -31,15 +32,26 @@ def extraction_kwargs(ds) -> dict:
   return kw
 
 
-def _synthetic_folder(ds) -> tuple[str, None]:
+def _text_knobs(ds) -> dict:
+  """`dataset.synthetic.subtitles` (MART: .srt, vocab.txt, lexicon.tsv and an unlabelled pool
+  of `dataset.synthetic.unlabelled` clips, -1 = 5x the train split); absent or off = none."""
   syn = ds.synthetic
-  return f"seed{syn.seed}_n{syn.num_train_per_class}x{syn.num_test_per_class}", None
+  if not syn.get("subtitles", False):
+    return {}
+  n = int(syn.get("unlabelled", -1))
+  return dict(with_subtitles=True, num_unlabelled=None if n < 0 else n)
+
+
+def _synthetic_folder(ds) -> tuple[str, dict | None]:
+  syn = ds.synthetic
+  return (f"seed{syn.seed}_n{syn.num_train_per_class}x{syn.num_test_per_class}",
+          _text_knobs(ds) or None)
 
 
 def _generator_kwargs(ds) -> dict:
   syn = ds.synthetic
   return dict(seed=int(syn.seed), num_train_per_class=int(syn.num_train_per_class),
-              num_test_per_class=int(syn.num_test_per_class))
+              num_test_per_class=int(syn.num_test_per_class), **_text_knobs(ds))
 
 
 FAMILY = families.DatasetFamily(

@@ -343,6 +343,27 @@ def tile_audio(mfcc: np.ndarray, num_segments: int, frames_per_segment: int) -> 
 # ----------------------------------------------------------------------------- example
 
 
+def sample_snippets(video: np.ndarray, cfg: TransformConfig, rng: np.random.Generator, *,
+                    train: bool) -> np.ndarray:
+  """uint8 [N, H, W, 3] -> uint8 [S, T, crop, crop, 3]: TSN snippets, crop, augmentation.
+
+  Draws from `rng` in a fixed order (starts, crop position, augmentation), so a pipeline that
+  draws more after it (MART's audio windows) leaves the video the same as VAANet's.
+  """
+  video = np.asarray(video)
+  if video.ndim != 4 or video.shape[-1] != 3:
+    raise ValueError(f"video must be [N, H, W, 3], got {video.shape}")
+  randomize = train or cfg.legacy_random_eval
+  idx = tsn_indices(video.shape[0], cfg.num_segments, cfg.snippet_len,
+                    rng=rng if randomize else None, off_by_one=cfg.legacy_start_off_by_one)
+  position = int(rng.integers(len(CROP_POSITIONS))) if randomize else 0
+  aug = draw_augment(cfg, rng) if train else VideoAugment()
+  frames = video[idx.reshape(-1)]                          # only the sampled frames
+  frames = crop_resize(frames, position, cfg.crop_size, aug.flip)
+  frames = apply_augment(frames, aug)
+  return frames.reshape(cfg.num_segments, cfg.snippet_len, cfg.crop_size, cfg.crop_size, 3)
+
+
 class VideoAudioTransform(grain.transforms.RandomMap):
   """Record dict (the builder's features) -> model example dict (one item of the online batch).
 
@@ -360,21 +381,8 @@ class VideoAudioTransform(grain.transforms.RandomMap):
     cfg = self.cfg
     key = element.get("key", "?")
     try:
-      video = np.asarray(element["video"])
-      if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"video must be [N, H, W, 3], got {video.shape}")
-      randomize = self.train or cfg.legacy_random_eval
-      idx = tsn_indices(video.shape[0], cfg.num_segments, cfg.snippet_len,
-                        rng=rng if randomize else None,
-                        off_by_one=cfg.legacy_start_off_by_one)
-      position = int(rng.integers(len(CROP_POSITIONS))) if randomize else 0
-      aug = draw_augment(cfg, rng) if self.train else VideoAugment()
-      frames = video[idx.reshape(-1)]                          # only the sampled frames
-      frames = crop_resize(frames, position, cfg.crop_size, aug.flip)
-      frames = apply_augment(frames, aug)
       out = {
-          "video": frames.reshape(cfg.num_segments, cfg.snippet_len, cfg.crop_size,
-                                  cfg.crop_size, 3),
+          "video": sample_snippets(element["video"], cfg, rng, train=self.train),
           "audio": tile_audio(element["audio"], cfg.audio_segments,
                               cfg.audio_frames_per_segment),
           "label": np.int32(element["label"]),

@@ -81,7 +81,8 @@ class _BlockFields(nn.Module):
 
 class TransformerBlock(_BlockFields):
   """x [B, L, E] -> [B, L, E]. __call__(x, mask=None, train=False, *, segment_ids=None,
-  positions=None): the arguments of MultiHeadAttention."""
+  positions=None, return_weights=False): the arguments of MultiHeadAttention; with
+  return_weights, (x, attention weights [B, N, L, L] float32) (the explicit attention path)."""
 
   def setup(self):
     if self.norm_position not in NORM_POSITIONS:
@@ -102,10 +103,20 @@ class TransformerBlock(_BlockFields):
     self.drop = nn.Dropout(self.dropout_rate)
 
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False, *,
-               segment_ids: Array | None = None, positions: Array | None = None) -> Array:
+               segment_ids: Array | None = None, positions: Array | None = None,
+               return_weights: bool = False):
     stream_dtype = x.dtype  # the residual stream keeps the input's dtype (the scan carry)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
-    attn = lambda h: self.attn(h, mask, train, segment_ids=segment_ids, positions=positions)
+    weights = []
+
+    def attn(h):
+      out = self.attn(h, mask, train, segment_ids=segment_ids, positions=positions,
+                      return_weights=return_weights)
+      if return_weights:
+        out, w = out
+        weights.append(w)
+      return out
+
     drop = lambda h: self.drop(h, deterministic=not train)
     if self.norm_position == "pre":
       x = x + drop(attn(self.ln_attn(x)))
@@ -113,7 +124,8 @@ class TransformerBlock(_BlockFields):
     else:
       x = self.ln_attn(x + drop(attn(x)))
       x = self.ln_mlp(x + drop(self.ffn(x)))
-    return nn.with_logical_constraint(x.astype(stream_dtype), ("act_batch", "act_len", "act_emb"))
+    x = nn.with_logical_constraint(x.astype(stream_dtype), ("act_batch", "act_len", "act_emb"))
+    return (x, weights[0]) if return_weights else x
 
 
 class _Layer(TransformerBlock):

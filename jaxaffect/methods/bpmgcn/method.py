@@ -59,7 +59,7 @@ class Method(base.Method):
   def model_inputs(self, batch):
     return {"skeleton": batch["skeleton"], "frame_mask": batch["mask"] > 0}
 
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, step=None):
     del rng
     out, new_state = self.model.apply({"params": params, **model_state},
                                       **self.model_inputs(batch), train=True,

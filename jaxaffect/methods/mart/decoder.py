@@ -24,7 +24,8 @@ def apply_mask_token(tokens: Array, mask: Array, mask_token: Array) -> Array:
 
 class MAEDecoder(nn.Module):
   """[B, N, E_encoder] -> [B, N, out_dim]. MART's sizes are the defaults (brief: 512 wide, 8
-  blocks of 16 heads, MLP 2048, LayerNorm eps 1e-6, Xavier-uniform linears with zero bias);
+  blocks of 16 heads, MLP 2048, LayerNorm eps 1e-5 (PyTorch's default, as the release's Block
+  and decoder_norm), Xavier-uniform linears with zero bias);
   the fixed position table has `num_tokens` rows (392 tubelets of a 16 x 112 x 112 clip)."""
   num_tokens: int = 392
   width: int = 512
@@ -45,8 +46,8 @@ class MAEDecoder(nn.Module):
     x = x + jnp.asarray(patches.sincos_table(self.num_tokens, self.width), x.dtype)
     x = TransformerStack(num_layers=self.depth, num_heads=self.num_heads,
                          head_dim=self.width // self.num_heads, mlp_dim=self.mlp_dim,
-                         bias="qv", norm_eps=1e-6, scan=self.scan,
+                         bias="qv", norm_eps=1e-5, scan=self.scan,
                          remat_policy=self.remat_policy, dtype=self.dtype, name="blocks")(
                              x, train=train)
-    x = LayerNorm(eps=1e-6, dtype=self.dtype, name="norm")(x)
+    x = LayerNorm(eps=1e-5, dtype=self.dtype, name="norm")(x)
     return Linear((self.out_dim,), ("embed", None), dtype=self.dtype, name="head")(x)

@@ -137,6 +137,7 @@ class AudioSpectrogramTransformer(nn.Module):
   num_mel_bins: int = 128
   num_frames: int = 100  # MART: 100-frame segments
   norm_eps: float = 1e-6
+  final_norm: bool = True  # False: tokens before `norm`, pooled None (MBT applies it later)
   dropout_rate: float = 0.0
   scan: bool = True
   remat_policy: str = "none"
@@ -167,6 +168,8 @@ class AudioSpectrogramTransformer(nn.Module):
     x = nn.Dropout(self.dropout_rate)(x + pos, deterministic=not train)
     x = _stack(self, num_layers=self.num_layers, norm_position="pre", bias="all",
                norm_eps=self.norm_eps, dropout_rate=self.dropout_rate)(x, train=train)
+    if not self.final_norm:
+      return {"tokens": x, "pooled": None}
     x = LayerNorm(self.norm_eps, dtype=jnp.float32, name="norm")(x)
     return {"tokens": x, "pooled": (x[:, 0] + x[:, 1]) / 2}
 

@@ -17,7 +17,8 @@ else one ConversionError lists the missing and unexpected keys and the shape mis
 
 Layouts: Linear [out, in] -> kernel [in, out]; query/key/value kernels [E, heads, head_dim]
 and out [heads, head_dim, E] are the same matrices reshaped; Conv3d [o, i, t, h, w] ->
-[t, h, w, i, o]; Conv2d [o, i, h, w] -> [h, w, i, o].
+[t, h, w, i, o]; Conv2d [o, i, h, w] -> [h, w, i, o]. A key rule may answer a `Part` of a fused
+tensor (timm's qkv, read by the released-checkpoint converters in converters.py).
 
 What the layouts do not carry, and the converters therefore do not invent:
 - VideoMAE: Hugging Face's VideoMAE has no CLS token (MART copies DeiT-B distilled's); with
@@ -32,7 +33,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -116,23 +117,39 @@ def _unscanned(model):
   return model.clone(scan=False) if getattr(model, "scan", False) else model
 
 
+class Part(NamedTuple):
+  """A rule's answer for a leaf stored inside a fused PyTorch tensor: chunk `index` of `count`
+  equal chunks along axis 0 of `key` (timm's qkv: weight [3 * H * D, E], bias [3 * H * D])."""
+  key: str
+  index: int
+  count: int
+
+
 def _map(sd: dict[str, np.ndarray], origin: dict[str, str], abstract: dict, rule: Callable,
          *, drop: Mapping[str, str], source: str, special: Mapping[str, Callable] | None = None
          ) -> tuple[dict, dict[str, str], dict[str, str]]:
-  """Strict mapping of `sd` onto the unscanned `abstract` params by `rule(path) -> torch key`.
+  """Strict mapping of `sd` onto the unscanned `abstract` params by `rule(path) -> torch key`
+  (or a `Part` of a fused tensor; each fused key is checked and reported once).
   `special`: torch key -> fn(array, flax shape) -> array (instead of the layout rule).
-  Returns (params, used {original key: flax path}, dropped {original key: why})."""
+  Returns (params, used {original key: flax path(s), comma-separated}, dropped {key: why})."""
   special = dict(special or {})
   flat = keymap.flatten({"params": abstract})
-  out, used, missing, mismatched = {}, {}, [], []
+  out, used, missing, mismatched, reported = {}, {}, [], [], set()
   for path, spec in flat.items():
     shape = tuple(spec.shape)
     key = rule(path[1:])
+    part = key if isinstance(key, Part) else None
+    key = part.key if part else key
     flax_path = "/".join(path)
+    want = _torch_shape(path, shape)
+    if part:  # the whole fused tensor's shape
+      want = (want[0] * part.count,) + want[1:]
     if key not in sd:
-      missing.append(f"{key} (for {flax_path}, PyTorch shape {_torch_shape(path, shape)})")
+      if key not in reported:
+        reported.add(key)
+        missing.append(f"{key} (for {flax_path}, PyTorch shape {want})")
       continue
-    used[key] = flax_path
+    used[key] = f"{used[key]}, {flax_path}" if key in used else flax_path
     arr = sd[key]
     if key in special:
       arr = special[key](arr, shape)
@@ -142,11 +159,14 @@ def _map(sd: dict[str, np.ndarray], origin: dict[str, str], abstract: dict, rule
         continue
       out[path] = arr.astype(spec.dtype)
       continue
-    want = _torch_shape(path, shape)
     if tuple(arr.shape) != want:
-      mismatched.append(f"{origin[key]}: checkpoint shape {tuple(arr.shape)}, model expects "
-                        f"{want} (for {flax_path} {shape})")
+      if key not in reported:
+        reported.add(key)
+        mismatched.append(f"{origin[key]}: checkpoint shape {tuple(arr.shape)}, model expects "
+                          f"{want} (for {flax_path} {shape})")
       continue
+    if part:
+      arr = np.split(arr, part.count, axis=0)[part.index]
     out[path] = _to_flax(arr, path[-1], shape).astype(spec.dtype)
   dropped, unexpected = {}, []
   for k in sd:
@@ -291,25 +311,34 @@ def ast(sd: Mapping[str, Any], model: AudioSpectrogramTransformer, *,
   return _finish("hf-ast", model, params, used, dropped, info)
 
 
+# BertEncoder param path -> BertModel key (also MART's wrapper `lan_model.bert.*`, converters.py).
+BERT_RULE = _top_rule(_block_rule(_BERT_BLOCK, "encoder.layer"),
+                      {"word_embeddings": "embeddings.word_embeddings",
+                       "position_embeddings": "embeddings.position_embeddings",
+                       "token_type_embeddings": "embeddings.token_type_embeddings",
+                       "embeddings_ln": "embeddings.LayerNorm", "pooler": "pooler.dense"},
+                      {}, "BERT")
+
+
+def bert_drop(model: BertEncoder, prefix: str = "") -> dict[str, str]:
+  """BertModel keys with no BertEncoder parameter (regex -> why), under a key `prefix`."""
+  p = re.escape(prefix)
+  drop = {p + r"embeddings\.(position_ids|token_type_ids)": "buffer (recomputed)",
+          p + r"cls\..*": "pretraining head (MLM / NSP; not an encoder weight)"}
+  if not model.pooler:
+    drop[p + r"pooler\.dense\.(weight|bias)"] = "pooler (the model is built without it)"
+  return drop
+
+
 def bert(sd: Mapping[str, Any], model: BertEncoder, *, source: str = "checkpoint") -> Converted:
   """BertModel (or BertForPreTraining / BertForMaskedLM: the `bert.` prefix) weights ->
   BertEncoder params. Pretraining heads (`cls.*`) and the `position_ids` / `token_type_ids`
   buffers are dropped (accounted)."""
   sd, origin = _normalise(sd, "bert.", _BERT_V4)
-  rule = _top_rule(_block_rule(_BERT_BLOCK, "encoder.layer"),
-                   {"word_embeddings": "embeddings.word_embeddings",
-                    "position_embeddings": "embeddings.position_embeddings",
-                    "token_type_embeddings": "embeddings.token_type_embeddings",
-                    "embeddings_ln": "embeddings.LayerNorm", "pooler": "pooler.dense"},
-                   {}, "BERT")
-
   ids = jax.ShapeDtypeStruct((1, 8), np.int32)
   abstract = abstract_variables(_unscanned(model), ids)["params"]
-  drop = {r"embeddings\.(position_ids|token_type_ids)": "buffer (recomputed)",
-          r"cls\..*": "pretraining head (MLM / NSP; not an encoder weight)"}
-  if not model.pooler:
-    drop[r"pooler\.dense\.(weight|bias)"] = "pooler (the model is built without it)"
-  params, used, dropped = _map(sd, origin, abstract, rule, source=source, drop=drop)
+  params, used, dropped = _map(sd, origin, abstract, BERT_RULE, source=source,
+                               drop=bert_drop(model))
   info = {"layout": "transformers BERT", "pooler": model.pooler}
   return _finish("hf-bert", model, params, used, dropped, info)
 

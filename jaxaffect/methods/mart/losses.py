@@ -36,15 +36,20 @@ def masked_reconstruction_loss(pred: Array, target: Array, mask: Array,
   return jnp.sum(per_token * m) / (jnp.sum(m) + eps)
 
 
+def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  """x / max(||x||, eps) with a finite gradient at x = 0 (a zero row is common here: padding,
+  and the CPC predictor ends in a ReLU); jnp.linalg.norm's gradient there is 0 * inf = NaN."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True),
+                                       eps * eps))
+
+
 def cpc_score(x: Array, x_hat: Array, valid: Array | None = None) -> Array:
   """MMIM/MART's CPC term on rows [N, D] (already flattened over clip and word): both sides
   L2-normalised; mean over rows of <x_i, x_hat_i> - logsumexp_j <x_i, x_hat_j>. MART adds this
   value to its loss (minimising it pushes matched pairs apart; MMIM minimises its negative):
   loss.cpc_sign chooses (+1 released, -1 MMIM). `valid` [N] drops padded rows everywhere."""
-  x = x.astype(jnp.float32)
-  x_hat = x_hat.astype(jnp.float32)
-  x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  x_hat = x_hat / jnp.maximum(jnp.linalg.norm(x_hat, axis=-1, keepdims=True), 1e-12)
+  x = _l2_normalize(x.astype(jnp.float32))
+  x_hat = _l2_normalize(x_hat.astype(jnp.float32))
   sims = x @ x_hat.T
   pos = jnp.diagonal(sims)
   if valid is None:

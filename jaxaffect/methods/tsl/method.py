@@ -110,7 +110,7 @@ class Method(base.Method):
             "length": batch["length"]}
 
   # ---- loss ----------------------------------------------------------------------------------
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, step=None):
     out, new_state = self.model.apply({"params": params, **model_state},
                                       **self.model_inputs(batch), train=True,
                                       rngs={"dropout": rng},

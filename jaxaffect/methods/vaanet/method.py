@@ -79,7 +79,7 @@ class Method(base.Method):
     visual = "video_features" if self.visual_input == "features" else "video"
     return {visual: batch[visual], "audio": batch["audio"]}
 
-  def loss(self, params, model_state, batch, rng):
+  def loss(self, params, model_state, batch, rng, step=None):
     del rng  # VAANet has no dropout
     out, new_state = self.model.apply({"params": params, **model_state},
                                       **self.model_inputs(batch), train=True,

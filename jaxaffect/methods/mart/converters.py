@@ -1,0 +1,263 @@
+"""Converters of MART's released checkpoints (nku-zhichengzhang/MART) and the `mart` command of
+`python -m jaxaffect.convert`.
+
+The release saves `best.ckpt`, the state_dict of its EMA MBT (models/mbt/MBT.py), in timm naming:
+  vid_model.*      VideoMAE ViT: patch_embed.proj, cls_token, blocks.i.{norm1, attn.qkv.weight
+                   (fused, no bias), attn.q_bias, attn.v_bias, attn.proj, norm2, mlp.fc1,
+                   mlp.fc2}, fc_norm, head. No position table (a fixed tensor, not a buffer).
+  ast_model.v.*    AST's DeiT (distilled): cls_token, dist_token, pos_embed (already cropped to
+                   the model's grid), patch_embed.proj, blocks.i.{..., attn.qkv.{weight, bias}},
+                   norm, head, head_dist; and ast_model.mlp_head.{0, 1}.
+  bottleneck, v_fc, a_fc, v_s_fc, a_s_fc.
+Block i < L - F of each stream goes to its encoder (layers_i), block L - F + j to fusion layer j.
+A fused qkv tensor is [q; k; v] along its rows, each [heads * head_dim, ...] head-major;
+VideoMAE's key has no bias (ours neither). Dropped, with the reason in the account: vid_model.head
+(Kinetics), ast_model.v.head / head_dist (DeiT's ImageNet heads), ast_model.mlp_head (AudioSet),
+v_s_fc / a_s_fc (sentiment heads no released loss reads; MBT does not build them).
+
+MART.py's stage-1 wrapper (the release never saves it; a user's own run may) holds `vit.` + the
+above, lan_model.bert.* (a transformers BertModel), tacl.*, decoder_{embd, blocks.i, norm, pred}
+and Vmask_token. `mart` maps them onto pretrain_model.MART's text, tacl, decoder and mask_token
+(TACL's names: tacl.py's docstring); `mbt` (a bare MBT) accounts them as dropped.
+
+Not stored in the weights, so the model (the config) must say it: num_heads (release 12),
+fusion_layers (4) and the clip size (the video position table is fixed); AST's position rows,
+the widths, depths and class count are checked against the keys' shapes.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxaffect import config_lib
+from jaxaffect.convert.converters import Converted, abstract_variables, state_dict_of, unbox
+from jaxaffect.convert.keymap import ConversionError
+from jaxaffect.methods.mart.encoders import BertEncoder
+from jaxaffect.methods.mart.hf_convert import BERT_RULE, Part, _map, _unscanned, bert_drop
+from jaxaffect.methods.mart.method import Method
+from jaxaffect.methods.mart.model import MBT
+from jaxaffect.nn.transformer import stack_layers
+
+WRAPPER_PREFIX = "vit."  # MART.py keeps its MBT as self.vit
+# Our block's parameters -> timm Block modules (query/key/value come from the fused qkv).
+_TIMM_BLOCK = {"ln_attn": "norm1", "out": "attn.proj", "ln_mlp": "norm2", "mlp_in": "mlp.fc1",
+               "mlp_out": "mlp.fc2"}
+_QKV = ("query", "key", "value")
+_MBT_MODULES = {"video_fc_norm": "vid_model.fc_norm", "audio_norm": "ast_model.v.norm",
+                "v_fc": "v_fc", "a_fc": "a_fc"}
+# The wrapper's parts besides `vit.`: our MART subtree -> (key regex, what it is).
+WRAPPER_PARTS = {"text": (r"lan_model\..*", "BERT text encoder"),
+                 "tacl": (r"tacl\..*", "TACL block"),
+                 "decoder": (r"decoder_(embd|blocks|norm|pred)\..*", "reconstruction decoder"),
+                 "mask_token": (r"Vmask_token", "mask token")}
+_DECODER = {"embed": "decoder_embd", "norm": "decoder_norm", "head": "decoder_pred"}
+_TACL = {"ln_text": "l_norm", "ln_video": "v_norm", "ln_audio": "a_norm",
+         "cross_video": "v2l_attn", "cross_audio": "a2l_attn", "proj_video": "v_proj",
+         "proj_audio": "a_proj", "cpc_video": "v2a_contrast", "cpc_audio": "a2v_contrast",
+         "cls_video": "v_fc", "cls_audio": "a_fc"}
+_TACL_INNER = {"query": "linear_q", "key": "linear_k", "value": "linear_v", "out": "linear_o",
+               "mlp_in": "fc1", "mlp_out": "fc2"}
+_HINT = ("do config.model (hidden_size, mlp_dim, num_layers, bottleneck_tokens, text, decoder) "
+         "and config.dataset (num_classes, fbank_bins, audio_frames) match the trained model?")
+
+
+def _leaf(leaf: str) -> str:
+  return "bias" if leaf == "bias" else "weight"
+
+
+def _index(name: str) -> int:
+  """'layers_3' -> 3."""
+  return int(name.rsplit("_", 1)[1])
+
+
+def timm_block_key(prefix: str, module: str, leaf: str, fused_bias: bool) -> str | Part:
+  """The key of our block parameter module/leaf in the timm Block `prefix` ("vid_model.blocks.3").
+  fused_bias: qkv.bias [3 * H * D] (timm's DeiT) instead of q_bias / v_bias (VideoMAE)."""
+  if module in _QKV:
+    i = _QKV.index(module)
+    if leaf == "kernel":
+      return Part(f"{prefix}.attn.qkv.weight", i, 3)
+    if fused_bias:
+      return Part(f"{prefix}.attn.qkv.bias", i, 3)
+    return f"{prefix}.attn.{module[0]}_bias"
+  return f"{prefix}.{_TIMM_BLOCK[module]}.{_leaf(leaf)}"
+
+
+def _prefixed(prefix: str, key: str | Part) -> str | Part:
+  return key._replace(key=prefix + key.key) if isinstance(key, Part) else prefix + key
+
+
+def mbt_rule(model: MBT, prefix: str = "") -> Callable[[tuple[str, ...]], str | Part]:
+  """MBT param path (no collection) -> released key (or Part), under a key `prefix`."""
+  first = model.num_layers - model.fusion_layers
+  streams = {"video": ("vid_model", False), "audio": ("ast_model.v", True)}
+
+  def key(path):
+    top = path[0]
+    if top in streams:
+      base, fused = streams[top]
+      if path[1] == "encoder":
+        return timm_block_key(f"{base}.blocks.{_index(path[2])}", path[3], path[4], fused)
+      if path[1] == "patch_embed":
+        return f"{base}.patch_embed.proj.{_leaf(path[2])}"
+      return f"{base}.{path[1]}"  # cls_token, dist_token, pos_embed
+    if top.startswith("fusion_layers_"):
+      base, fused = streams[path[1]]
+      return timm_block_key(f"{base}.blocks.{first + _index(top)}", path[2], path[3], fused)
+    if top in _MBT_MODULES:
+      return f"{_MBT_MODULES[top]}.{_leaf(path[1])}"
+    if top == "bottleneck":
+      return "bottleneck"
+    raise ConversionError(f"no released MBT name for parameter {'/'.join(path)}")
+
+  return lambda path: _prefixed(prefix, key(path))
+
+
+def _mbt_drop(prefix: str) -> dict[str, str]:
+  p = re.escape(prefix)
+  return {p + r"vid_model\.head\.(weight|bias)": "VideoMAE's Kinetics head (MBT's is v_fc)",
+          p + r"ast_model\.v\.head(_dist)?\.(weight|bias)":
+              "DeiT's ImageNet heads inside AST (AST returns its CLS/DIST embedding)",
+          p + r"ast_model\.mlp_head\.[01]\.(weight|bias)": "AST's AudioSet head (MBT's is a_fc)",
+          p + r"[av]_s_fc\.(weight|bias)": "sentiment head that no released loss reads (not built)"}
+
+
+def _decoder_key(path) -> str | Part:
+  if path[0] == "blocks":
+    return timm_block_key(f"decoder_blocks.{_index(path[1])}", path[2], path[3], False)
+  return f"{_DECODER[path[0]]}.{_leaf(path[1])}"
+
+
+def _tacl_key(path) -> str:
+  module = _TACL[path[0]]
+  if len(path) == 2:  # a LayerNorm
+    return f"tacl.{module}.{_leaf(path[1])}"
+  inner = path[1]
+  inner = f"net.{2 * _index(inner)}" if inner.startswith("conv_") else _TACL_INNER[inner]
+  return f"tacl.{module}.{inner}.{_leaf(path[2])}"
+
+
+def _conv1d(arr: np.ndarray, shape) -> np.ndarray:
+  """Conv1d weight [o, i, k] -> our kernel [k, i, o]."""
+  return arr.transpose(2, 1, 0) if arr.ndim == 3 else arr
+
+
+def is_wrapper(sd: Mapping[str, Any]) -> bool:
+  """True for MART.py's stage-1 wrapper (the MBT under `vit.`), False for a bare MBT."""
+  return any(k.startswith(WRAPPER_PREFIX) for k in sd)
+
+
+def _stack(tree: dict) -> dict:
+  """Unscanned -> scanned layout: every layers_i / fusion_layers_i family stacked."""
+  tree = {k: _stack(v) if isinstance(v, dict) else v for k, v in tree.items()}
+  for name in ("layers", "fusion_layers"):
+    n = sum(re.fullmatch(rf"{name}_\d+", k) is not None for k in tree)
+    if n:
+      tree = stack_layers(tree, n, name)
+  return tree
+
+
+def _convert(sd, abstract, rule, *, drop, source, special=None):
+  try:
+    return _map(sd, {k: k for k in sd}, abstract, rule, drop=drop, source=source,
+                special=special)
+  except ConversionError as e:
+    raise ConversionError(f"{e}\n  hint: {_HINT}") from None
+
+
+def _layout(wrapper: bool) -> str:
+  return ("MART stage-1 wrapper (vit. + text, TACL, decoder, mask token)" if wrapper
+          else "released MBT state_dict (best.ckpt)")
+
+
+def mbt(obj: Any, model: MBT, *, source: str = "checkpoint") -> Converted:
+  """A released MBT state_dict (or the wrapper's `vit.` part) -> all params of `model`, in its
+  layout (scanned when model.scan). The wrapper's other parts are dropped (accounted)."""
+  sd, notes = state_dict_of(obj, source)
+  wrapper = is_wrapper(sd)
+  prefix = WRAPPER_PREFIX if wrapper else ""
+  drop = _mbt_drop(prefix)
+  if wrapper:
+    drop.update({pat: f"MART wrapper's {what}, not part of MBT (`mart` maps it onto MART's "
+                      f"{name})" for name, (pat, what) in WRAPPER_PARTS.items()})
+  video = jax.ShapeDtypeStruct((1, model.num_frames, model.image_size, model.image_size, 3),
+                               np.float32)
+  fbank = jax.ShapeDtypeStruct((1, model.audio_frames, model.num_mel_bins), np.float32)
+  abstract = abstract_variables(_unscanned(model), video, fbank)["params"]
+  params, used, dropped = _convert(sd, abstract, mbt_rule(model, prefix), drop=drop,
+                                   source=source)
+  if model.scan:
+    params = _stack(params)
+  info = dict(notes, layout=_layout(wrapper), scan=model.scan)
+  return Converted("mart-mbt", {"params": params}, [f"params/{t}" for t in sorted(params)], [],
+                   used, dropped, info)
+
+
+def mart_abstract(config):
+  """(unscanned abstract params, the model) of the MART the config builds, as the trainer
+  initialises it (stage 1's `pretrain` creates every subtree)."""
+  config = copy.deepcopy(config)
+  config.model.scan = False
+  method = Method(config)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+           for k, v in method.example_batch(1).items()}
+
+  def init():
+    return method.init_variables(jax.random.key(0),
+                                 {k: jnp.zeros(s.shape, s.dtype) for k, s in batch.items()})
+
+  return dict(unbox(dict(jax.eval_shape(init)))["params"]), method.model
+
+
+def mart(obj: Any, config, *, source: str = "checkpoint") -> Converted:
+  """A released MBT state_dict -> params/mbt of the MART model `config` builds (the rest keeps
+  its init); the stage-1 wrapper -> params/{mbt, text, tacl, decoder, mask_token}."""
+  sd, notes = state_dict_of(obj, source)
+  wrapper = is_wrapper(sd)
+  abstract, model = mart_abstract(config)
+  mbt_model = MBT(num_classes=model.num_classes, **dict(model.mbt_kwargs or {}))
+  rules = {"mbt": mbt_rule(mbt_model, WRAPPER_PREFIX if wrapper else "")}
+  drop = _mbt_drop(WRAPPER_PREFIX if wrapper else "")
+  special = None
+  if wrapper:
+    rules.update(text=lambda p: _prefixed("lan_model.bert.", BERT_RULE(p)), tacl=_tacl_key,
+                 decoder=_decoder_key, mask_token=lambda p: "Vmask_token")
+    drop.update(bert_drop(BertEncoder(**dict(model.text_kwargs or {})), "lan_model.bert."))
+    special = {k: _conv1d for k in sd
+               if re.fullmatch(r"tacl\.(v2a|a2v)_contrast\.net\.\d+\.weight", k)}
+  unnamed = sorted(set(abstract) - set(rules))
+  if wrapper and unnamed:  # a MART part added after this converter
+    raise ConversionError(f"mart converter: no released names for MART's {unnamed}")
+  abstract = {k: v for k, v in abstract.items() if k in rules}  # a bare MBT: the rest keeps init
+
+  def rule(path):
+    try:
+      return rules[path[0]](path[1:])
+    except KeyError as e:
+      raise ConversionError(f"no released name for MART parameter {'/'.join(path)}") from e
+
+  params, used, dropped = _convert(sd, abstract, rule, drop=drop, source=source,
+                                   special=special)
+  if bool(config.model.scan):
+    params = _stack(params)
+  info = dict(notes, layout=_layout(wrapper), scan=bool(config.model.scan))
+  return Converted("mart", {"params": params}, [f"params/{t}" for t in sorted(params)], [],
+                   used, dropped, info)
+
+
+def add_commands(sub, io_args) -> None:
+  """The `mart` subcommand of `python -m jaxaffect.convert`."""
+  m = sub.add_parser("mart", help="checkpoint of the released MART code (best.ckpt: the MBT; "
+                                  "or the stage-1 wrapper) -> the MART model of --config")
+  m.add_argument("--config", required=True,
+                 help="config file[:arg] that builds the model, e.g. configs/mart_ve8.py; add "
+                      "--config.a.b=value overrides after it")
+  io_args(m)
+  m.set_defaults(accepts_overrides=True, convert=lambda obj, args, overrides: mart(
+      obj, config_lib.load(args.config, overrides), source=args.input))

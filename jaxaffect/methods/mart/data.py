@@ -1,0 +1,279 @@
+"""MART's online input pipeline: per-example segments of video, filter bank and subtitle tokens.
+
+Reads the video_emotion builder's records with MART's settings on (fbank_bins, subtitles_vocab,
+optionally lexicon: data_pipelines/builders/fbank_subtitles.py) and makes, for Ns segments:
+
+  video       uint8 [Ns, T, crop, crop, 3]  VAANet's snippets (video_transforms.sample_snippets)
+  fbank       float32 [Ns, F, M]   audio_transforms.fbank_segments (random windows in training,
+              centred in evaluation unless legacy_random_eval), SpecAugment in training,
+              then AST's scaling
+  text_ids    int32 [Ns, Lmax]     [CLS] pieces [SEP] [PAD]..., one text per segment
+  text_mask   bool [Ns, Lmax]      True on [CLS], the pieces and [SEP]
+  mood        float32 [Ns, 8]      |polarity|-weighted histogram of the segment's lexicon mood
+              tags (text.MOODS order), summing to 1; zeros when no word carries weight
+  mood_valid  bool [Ns]            the segment has a mood histogram
+  label, polarity  int32 []        (-1 for records without a label); eval adds "key"
+
+Subtitle lines go to segments by MART's srt2seg rule over Ns equal windows of the clip's
+duration (a line joins every window from the one holding its start to the one holding its end;
+past the last edge it lands in the last window: the release's stale end index is not kept).
+The ids are the builder's per-line WordPiece ids concatenated, which equals tokenising the
+space-joined segment string (BERT's tokenizer splits on whitespace before WordPiece).
+`text.source`: "raw" (the subtitles), "emotion_words" (the pieces whose lexicon polarity is
+not 0, in order, as the release's TextSentiment; the release re-tokenises that string, which
+only differs for a "##" piece found in the lexicon) or "both" (raw then emotion words in one
+sequence: one text per segment, fixing release defect 2, which gave two). Texts longer than
+Lmax - 2 pieces are cut at the end. mood uses every piece of the segment, not only the kept.
+
+Config keys read (configs/mart_*.py): dataset.* as VAANet's (name, manual_dir, data_dir,
+split, split_file, eval_split, polarity, snippet_len, crop_size, augment and its parameters,
+legacy_random_eval, legacy_start_off_by_one, worker_count, extraction, synthetic) and
+  dataset.num_segments (12)       Ns in training (the release's seq_len)
+  dataset.eval_num_segments (16)  Ns in evaluation (val_len)
+  dataset.audio_frames (100)      fbank frames per segment
+  dataset.freq_mask (24), dataset.time_mask (192)  SpecAugment widths; 0 = off
+  dataset.extraction.fbank_bins (128), .subtitles_vocab (vocab.txt; relative = in the raw
+      folder), .lexicon (needed by emotion_words, both and the mood features)
+  text.source ("raw" | "emotion_words" | "both"), text.max_len (Lmax)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from jaxaffect.data import audio_transforms
+from jaxaffect.data import families
+from jaxaffect.data import pipeline
+from jaxaffect.data import video_emotion
+from jaxaffect.data import video_transforms
+from jaxaffect.errors import PathNotFound, UserError
+
+TEXT_SOURCES = ("raw", "emotion_words", "both")
+NUM_MOODS = 8
+_SPECIAL = ("[PAD]", "[CLS]", "[SEP]")
+
+
+@dataclasses.dataclass(frozen=True)
+class MartDataConfig:
+  """What the per-example transform needs (built from the config by `data_config`)."""
+  video: video_transforms.TransformConfig
+  audio_frames: int = 100
+  freq_mask: int = 24
+  time_mask: int = 192
+  text_source: str = "raw"
+  max_len: int = 64
+  pad_id: int = 0
+  cls_id: int = 101
+  sep_id: int = 102
+
+  @property
+  def num_segments(self) -> int:
+    return self.video.num_segments
+
+
+def special_ids(vocab_path: str) -> tuple[int, int, int]:
+  """([PAD], [CLS], [SEP]) ids of a BERT vocab.txt (its line numbers)."""
+  try:
+    with open(vocab_path, encoding="utf-8-sig") as f:
+      tokens = [line.strip() for line in f]
+  except FileNotFoundError:
+    raise PathNotFound(f"dataset.extraction.subtitles_vocab: {vocab_path} not found") from None
+  missing = [t for t in _SPECIAL if t not in tokens]
+  if missing:
+    raise UserError(f"dataset.extraction.subtitles_vocab: {vocab_path} lacks {missing}")
+  return tuple(tokens.index(t) for t in _SPECIAL)
+
+
+def data_config(config, *, train: bool) -> MartDataConfig:
+  """The transform settings of the train (train=True) or eval pipeline; config mistakes are
+  one-line UserErrors naming the key."""
+  ds, tx = config.dataset, config.text
+  ex = ds.extraction
+  if int(ex.get("fbank_bins", 0)) <= 0:
+    raise UserError("dataset.extraction.fbank_bins: MART reads filter banks; set it (128)")
+  if not ex.get("subtitles_vocab", ""):
+    raise UserError("dataset.extraction.subtitles_vocab: MART reads subtitles; name a BERT "
+                    "vocab.txt")
+  if tx.source not in TEXT_SOURCES:
+    raise UserError(f"text.source: {tx.source!r} is not one of {', '.join(TEXT_SOURCES)}")
+  if tx.source != "raw" and not ex.get("lexicon", ""):
+    raise UserError(f"dataset.extraction.lexicon: text.source={tx.source!r} needs a lexicon")
+  if int(tx.max_len) < 2:
+    raise UserError(f"text.max_len: needs room for [CLS] and [SEP], got {tx.max_len}")
+  vocab = str(ex.subtitles_vocab)
+  if not os.path.isabs(vocab):
+    vocab = os.path.join(families.raw_dir(video_emotion.FAMILY, ds), vocab)
+  pad, cls, sep = special_ids(vocab)
+  names = {f.name for f in dataclasses.fields(video_transforms.TransformConfig)}
+  video = {k: ds[k] for k in names if k in ds}
+  video["num_segments"] = int(ds.num_segments if train else ds.eval_num_segments)
+  try:
+    video_cfg = video_transforms.TransformConfig.create(video)
+  except ValueError as e:
+    raise UserError(f"dataset: {e}") from None
+  return MartDataConfig(
+      video=video_cfg, audio_frames=int(ds.get("audio_frames", 100)),
+      freq_mask=int(ds.get("freq_mask", 24)), time_mask=int(ds.get("time_mask", 192)),
+      text_source=str(tx.source), max_len=int(tx.max_len), pad_id=pad, cls_id=cls, sep_id=sep)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def segment_spans(start_us: Sequence[int], end_us: Sequence[int], num_segments: int,
+                  duration: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """(first, last) window of each line, int64 [L]; a line covers first..last (none if last
+  < first). Windows are Ns equal parts of duration = num/den seconds; exact integer arithmetic
+  (times in microseconds), so a line on an edge goes where data_pipelines.text.srt2seg puts it:
+  start in [edge, next edge), end in (edge, next edge], both clamped to the windows."""
+  num, den = int(duration[0]), int(duration[1])
+  n = len(start_us)
+  if num <= 0 or den <= 0:  # No length to split: the text has no place.
+    return np.zeros(n, np.int64), np.full(n, -1, np.int64)
+  # Window of time t: t * Ns / duration = t * Ns * den / (10^6 * num).
+  a, b = num_segments * den, 10**6 * num
+  last = num_segments - 1
+  first = [min(max((int(s) * a) // b, 0), last) for s in start_us]
+  final = [min(max(-((-int(e) * a) // b) - 1, 0), last) for e in end_us]
+  return np.asarray(first, np.int64), np.asarray(final, np.int64)
+
+
+def segment_pieces(element: Mapping[str, Any], num_segments: int) -> list[np.ndarray]:
+  """Per segment, the indices into element["text_ids"] of its pieces, in line order."""
+  offsets = np.asarray(element["text_offsets"], np.int64)
+  first, final = segment_spans(element["text_start_us"], element["text_end_us"], num_segments,
+                               element["duration"])
+  out = []
+  for s in range(num_segments):
+    lines = np.flatnonzero((first <= s) & (s <= final))
+    out.append(np.concatenate([np.arange(offsets[l], offsets[l + 1]) for l in lines])
+               if len(lines) else np.zeros(0, np.int64))
+  return out
+
+
+def text_features(element: Mapping[str, Any], cfg: MartDataConfig) -> dict[str, np.ndarray]:
+  """text_ids, text_mask, mood, mood_valid of one record (see the module docstring)."""
+  ns, length = cfg.num_segments, cfg.max_len
+  ids = np.asarray(element["text_ids"], np.int32)
+  has_lexicon = "token_polarity" in element
+  if cfg.text_source != "raw" and not has_lexicon:
+    raise ValueError(f"text.source={cfg.text_source!r} needs lexicon features; the dataset "
+                     "was extracted without dataset.extraction.lexicon")
+  polarity = np.asarray(element["token_polarity"], np.float32) if has_lexicon else None
+  out_ids = np.full((ns, length), cfg.pad_id, np.int32)
+  mask = np.zeros((ns, length), bool)
+  mood = np.zeros((ns, NUM_MOODS), np.float32)
+  for s, pieces in enumerate(segment_pieces(element, ns)):
+    parts = []
+    if cfg.text_source in ("raw", "both"):
+      parts.append(pieces)
+    if cfg.text_source in ("emotion_words", "both"):
+      parts.append(pieces[polarity[pieces] != 0])
+    kept = ids[np.concatenate(parts)][:length - 2]
+    row = np.concatenate([[cfg.cls_id], kept, [cfg.sep_id]])
+    out_ids[s, :len(row)] = row
+    mask[s, :len(row)] = True
+    if has_lexicon and len(pieces):
+      moods = np.asarray(element["token_moods"], np.float32)[pieces]
+      weights = (np.abs(polarity[pieces])[:, None] * moods).sum(axis=0)
+      total = weights.sum()
+      if total > 0:
+        mood[s] = weights / total
+  return dict(text_ids=out_ids, text_mask=mask, mood=mood, mood_valid=mood.sum(axis=1) > 0)
+
+
+# ----------------------------------------------------------------------------- example
+
+
+class MartTransform(grain.transforms.RandomMap):
+  """Record dict (video_emotion or video_corpus builder) -> one MART example (module doc)."""
+
+  def __init__(self, cfg: MartDataConfig, *, train: bool, keep_key: bool = False):
+    self.cfg, self.train, self.keep_key = cfg, train, keep_key
+
+  def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict:
+    cfg = self.cfg
+    key = element.get("key", "?")
+    try:
+      video = video_transforms.sample_snippets(element["video"], cfg.video, rng,
+                                               train=self.train)
+      randomize = self.train or cfg.video.legacy_random_eval
+      fbank = audio_transforms.fbank_segments(element["fbank"], cfg.num_segments,
+                                              cfg.audio_frames, rng if randomize else None)
+      if self.train and (cfg.freq_mask or cfg.time_mask):
+        ns, frames, bins = fbank.shape
+        fbank = audio_transforms.spec_augment(fbank.reshape(ns * frames, bins), cfg.freq_mask,
+                                              cfg.time_mask, rng).reshape(ns, frames, bins)
+      out = dict(video=video, fbank=audio_transforms.ast_normalize(fbank).astype(np.float32),
+                 **text_features(element, cfg))
+      label = int(element["label"]) if "label" in element else -1
+      out["label"] = np.int32(label)
+      table = cfg.video.polarity
+      if table:
+        if label >= len(table):
+          raise ValueError(f"label {label} outside the polarity table (len {len(table)})")
+        out["polarity"] = np.int32(table[label] if label >= 0 else -1)
+    except (KeyError, ValueError) as e:
+      raise ValueError(f"record {key!r}: {type(e).__name__}: {e}") from e
+    if self.keep_key:
+      out["key"] = np.asarray(key)
+    return out
+
+  def __call__(self, element: Mapping[str, Any], rng: np.random.Generator | None = None):
+    """Direct use; deterministic (eval) paths accept rng=None."""
+    return self.random_map(element, rng if rng is not None else np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def prepare(config) -> None:
+  """Generates (synthetic names) and extracts the dataset once; process 0 only."""
+  families.prepare(video_emotion.FAMILY, config.dataset)
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  del worker_index, worker_count
+  pipeline.limit_blas_threads(1)
+
+
+def train_iterator(config, *, seed: int, global_batch_size: int, process_index: int,
+                   process_count: int, source=None):
+  """Infinite shuffled per-process batches of MART examples (keys: module docstring, with
+  the batch axis first), a checkpointable grain iterator; the global batch at each step does
+  not depend on the process count (pipeline.per_process_iter). `source` overrides the
+  dataset's train split (any random-access source of builder records)."""
+  cfg = data_config(config, train=True)
+  ds = config.dataset
+  if source is None:
+    source = families.open_source(video_emotion.FAMILY, ds, "train")
+  if len(source) == 0:
+    raise UserError(f"dataset {ds.name}: the train split is empty")
+  stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+            .random_map(MartTransform(cfg, train=True)))
+  worker_count = int(ds.get("worker_count", 0))
+  it = pipeline.per_process_iter(stream, global_batch_size=global_batch_size,
+                                 process_index=process_index, process_count=process_count,
+                                 worker_count=worker_count, worker_init_fn=_worker_init)
+  if worker_count <= 0:
+    pipeline.limit_blas_threads(1)
+  return iter(it)
+
+
+def eval_batches(config, *, global_batch_size: int, process_index: int, process_count: int,
+                 source=None):
+  """Per-process eval batches over `dataset.eval_split` (default "test") in source order,
+  padded with copies of example 0 and marked by "_mask" bool [b]; plus "key" (host side)."""
+  cfg = data_config(config, train=False)
+  ds = config.dataset
+  if source is None:
+    source = families.open_source(video_emotion.FAMILY, ds, ds.get("eval_split", "test"))
+  transform = MartTransform(cfg, train=False, keep_key=True)
+  return pipeline.padded_eval_batches(
+      source, pipeline.record_example(transform), global_batch_size=global_batch_size,
+      process_index=process_index, process_count=process_count,
+      seed=int(config.get("seed", 0)))

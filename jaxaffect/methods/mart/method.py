@@ -1,0 +1,195 @@
+"""MART (Zhang et al., CVPR 2024): masked affective representation learning over video, audio
+and subtitles, then supervised fine-tuning; both stages are one run.
+
+Steps [0, mart.stage1_steps) are stage 1 (pretrain_model.MART.pretrain):
+  L = rec_weight * L_rec + comp_weight * L_comp + cls_weight * L_cls + cls_c_weight * L_cls_c
+      (+ distribution_weight * L_dist with loss.distribution)
+  L_rec: MSE to the normalised tubelet pixels over the masked patches; L_comp: TACL's CPC term
+  times loss.cpc_sign (+1 as released, -1 as MMIM); L_cls: PCCE of the audio head plus PCCE of
+  the video head (each on segment means); L_cls_c: the same over TACL's two heads.
+Steps [stage1_steps, total_steps) are stage 2: PCCE over the MBT's audio and video heads, with
+the EMA (config.ema, start_step = stage1_steps) used by evaluation. The stage and the masking
+ratio are functions of the step, so a resumed run continues in the right stage and schedule.
+Evaluation: the MBT path (fc_norm of the CLS), logits = audio + video heads.
+
+Without labels (pretraining on an unlabelled corpus: `mart.labelled=False`) the classification
+terms are dropped and stage 2 is not allowed. Faithfulness flags: README, "MART".
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxaffect import config_lib
+from jaxaffect import method as base
+from jaxaffect.errors import UserError
+from jaxaffect.methods.mart import losses as mart_losses
+from jaxaffect.methods.mart import masking
+from jaxaffect.methods.mart.pretrain_model import MART
+from jaxaffect.methods.mart.tacl import comp_loss
+from jaxaffect.nn.losses import pcce_loss
+
+TEXT_SOURCES = ("raw", "emotion_words", "both")
+STAGE1_TERMS = ("rec", "comp", "cls", "cls_c", "dist")
+
+
+class Method(base.Method):
+
+  def build_model(self):
+    c = self.config
+    m, ds = c.model, c.dataset
+    config_lib.check_choice("text.source", c.text.source, TEXT_SOURCES)
+    self.stage1_steps = int(c.mart.stage1_steps)
+    self.labelled = bool(c.mart.get("labelled", True))
+    if not 0 <= self.stage1_steps:
+      raise UserError(f"config.mart.stage1_steps must be >= 0, got {self.stage1_steps}")
+    if not self.labelled and self.stage1_steps < int(c.total_steps):
+      raise UserError(f"config.mart.labelled=False (no labels) cannot fine-tune: set "
+                      f"mart.stage1_steps >= total_steps ({c.total_steps}), got "
+                      f"{self.stage1_steps}")
+    if bool(c.loss.get("distribution", False)):
+      raise UserError("config.loss.distribution=True: the temporal emotion-distribution "
+                      "target is not implemented yet (README, MART)")
+    dtype = jnp.dtype(m.get("dtype", "float32"))
+    common = dict(scan=bool(m.scan), remat_policy=str(m.remat_policy))
+    mbt = dict(hidden_size=int(m.hidden_size), num_heads=int(m.num_heads),
+               mlp_dim=int(m.mlp_dim), num_layers=int(m.num_layers),
+               fusion_layers=int(m.fusion_layers), bottleneck_tokens=int(m.bottleneck_tokens),
+               num_frames=int(ds.snippet_len), image_size=int(ds.crop_size),
+               patch_size=int(m.patch_size), tubelet_size=int(m.tubelet_size),
+               num_mel_bins=int(ds.fbank_bins), audio_frames=int(ds.audio_frames),
+               freeze_audio_lower=bool(m.freeze_audio_lower), **common)
+    text = dict(vocab_size=int(m.text.vocab_size), num_layers=int(m.text.num_layers),
+                num_heads=int(m.text.num_heads), mlp_dim=int(m.text.mlp_dim),
+                max_positions=int(m.text.max_positions), **common)
+    decoder = dict(width=int(m.decoder.width), depth=int(m.decoder.depth),
+                   num_heads=int(m.decoder.num_heads), mlp_dim=int(m.decoder.mlp_dim), **common)
+    mk = c.mask
+    return MART(num_classes=int(ds.num_classes), mbt_kwargs=mbt, text_kwargs=text,
+                decoder_kwargs=decoder, tacl_heads=int(m.tacl_heads),
+                tacl_drop_path=float(m.tacl_drop_path),
+                legacy_unmasked_pooling=bool(m.legacy_unmasked_pooling),
+                intra_weight=float(mk.intra_weight), mask_clip_prob=float(mk.clip_prob),
+                hint_pool=float(mk.hint_pool), hint_ratio=float(mk.hint_ratio), dtype=dtype)
+
+  @property
+  def polarity(self) -> np.ndarray:
+    return np.asarray(self.config.dataset.polarity, np.int32)
+
+  # ---- shapes --------------------------------------------------------------------------------
+  def example_batch(self, batch_size: int):
+    ds, c = self.config.dataset, self.config
+    s, t, px = int(ds.num_segments), int(ds.snippet_len), int(ds.crop_size)
+    length = int(c.text.max_len)
+    batch = {
+        "video": np.zeros((batch_size, s, t, px, px, 3), np.uint8),
+        "fbank": np.zeros((batch_size, s, int(ds.audio_frames), int(ds.fbank_bins)), np.float32),
+        "text_ids": np.zeros((batch_size, s, length), np.int32),
+        "text_mask": np.zeros((batch_size, s, length), bool),
+    }
+    if self.labelled:
+      batch["label"] = np.zeros((batch_size,), np.int32)
+    return batch
+
+  def init_variables(self, rng, batch):
+    rngs = {"params": rng, "dropout": rng, "masking": rng}
+    return self.model.init(rngs, batch["video"], batch["fbank"], batch["text_ids"],
+                           batch["text_mask"], 0.5, method=MART.pretrain)
+
+  def model_inputs(self, batch):
+    return {"video": batch["video"], "fbank": batch["fbank"]}
+
+  # ---- losses --------------------------------------------------------------------------------
+  def mask_ratio(self, step):
+    """The AttMask ratio at a train step: masking.ratio_schedule of the 1-based epoch."""
+    mk = self.config.mask
+    epoch = step // max(1, int(self.config.mart.steps_per_epoch)) + 1
+    return masking.ratio_schedule(epoch, int(mk.schedule_epochs), float(mk.ratio_base),
+                                  float(mk.ratio_slope), float(mk.ratio_cap))
+
+  def _pcce(self, logits, labels):
+    lam = float(self.config.loss.pcce_lambda)
+    return pcce_loss(logits, labels, jnp.asarray(self.polarity), lam)[0]
+
+  def _stage1(self, params, batch, rng, step):
+    lc = self.config.loss
+    k_mask, k_drop = jax.random.split(rng)
+    out = self.model.apply({"params": params}, batch["video"], batch["fbank"],
+                           batch["text_ids"], batch["text_mask"], self.mask_ratio(step),
+                           train=True, method=MART.pretrain,
+                           rngs={"masking": k_mask, "dropout": k_drop})
+    b, ns = batch["video"].shape[:2]
+    video = batch["video"].reshape((b * ns,) + batch["video"].shape[2:])
+    target = mart_losses.normalized_pixel_targets(video, (int(self.config.model.tubelet_size),)
+                                                  + (int(self.config.model.patch_size),) * 2)
+    terms = {"rec": mart_losses.masked_reconstruction_loss(out["reconstruction"], target,
+                                                           out["mask"])}
+    words_mask = batch["text_mask"].reshape(b * ns, -1).astype(bool)
+    tacl = {k[len("tacl_"):]: v for k, v in out.items() if k.startswith("tacl_")}
+    if bool(self.config.model.legacy_unmasked_pooling):  # the release's CPC rows include pads
+      words_mask = jnp.ones_like(words_mask)
+    terms["comp"] = comp_loss(tacl, words_mask, float(lc.cpc_sign), ns)
+    zero = jnp.zeros((), jnp.float32)
+    if self.labelled:
+      labels = batch["label"]
+      terms["cls"] = (self._pcce(out["logits_a_stage1"], labels)
+                      + self._pcce(out["logits_v_stage1"], labels))
+      terms["cls_c"] = (self._pcce(tacl["logits_v"], labels)
+                        + self._pcce(tacl["logits_a"], labels))
+      logits = out["logits_a_stage1"] + out["logits_v_stage1"]
+      top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    else:
+      terms["cls"] = terms["cls_c"] = zero
+      top1 = zero
+    terms["dist"] = zero
+    loss = sum(float(lc[f"{k}_weight"]) * terms[k] for k in STAGE1_TERMS)
+    metrics = {f"loss_{k}": terms[k] for k in STAGE1_TERMS}
+    metrics.update(top1=top1, masked_fraction=jnp.mean(out["mask"].astype(jnp.float32)),
+                   mask_ratio=jnp.asarray(self.mask_ratio(step), jnp.float32),
+                   stage=jnp.ones((), jnp.float32))
+    return loss, metrics
+
+  def _stage2(self, params, batch, rng, step):
+    out = self.model.apply({"params": params}, batch["video"], batch["fbank"], train=True,
+                           rngs={"dropout": rng})
+    labels = batch["label"]
+    loss = self._pcce(out["logits_a"], labels) + self._pcce(out["logits_v"], labels)
+    zero = jnp.zeros((), jnp.float32)
+    metrics = {f"loss_{k}": zero for k in STAGE1_TERMS}
+    metrics["loss_cls"] = loss
+    metrics.update(top1=jnp.mean((jnp.argmax(out["logits"], -1) == labels).astype(jnp.float32)),
+                   masked_fraction=zero, mask_ratio=zero, stage=jnp.full((), 2.0, jnp.float32))
+    return loss, metrics
+
+  def loss(self, params, model_state, batch, rng, step=None):
+    step = jnp.zeros((), jnp.int32) if step is None else step
+    total = int(self.config.total_steps)
+    if self.stage1_steps >= total:
+      loss, metrics = self._stage1(params, batch, rng, step)
+    elif self.stage1_steps == 0:
+      loss, metrics = self._stage2(params, batch, rng, step)
+    else:  # one compiled step for the whole run; the branch not taken costs nothing
+      loss, metrics = jax.lax.cond(step < self.stage1_steps, self._stage1, self._stage2,
+                                   params, batch, rng, step)
+    return loss, (metrics, model_state)
+
+  def predict(self, params, model_state, batch):
+    out = self.model.apply({"params": params}, batch["video"], batch["fbank"], train=False)
+    return {"logits": out["logits"].astype(jnp.float32)}
+
+  # ---- data ----------------------------------------------------------------------------------
+  # Imported where used: model-only uses (summary, memory, converters) need no grain/media.
+  def prepare_data(self):
+    from jaxaffect.methods.mart import data  # deferred: grain + media stack
+    data.prepare(self.config)
+
+  def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    from jaxaffect.methods.mart import data  # deferred: grain + media stack
+    return data.train_iterator(self.config, seed=seed, global_batch_size=global_batch_size,
+                               process_index=process_index, process_count=process_count)
+
+  def eval_batches(self, *, global_batch_size, process_index, process_count):
+    from jaxaffect.methods.mart import data  # deferred: grain + media stack
+    return data.eval_batches(self.config, global_batch_size=global_batch_size,
+                             process_index=process_index, process_count=process_count)

@@ -1,0 +1,133 @@
+"""MART's method on the platform's train step (configs/mart_ve8.py:smoke sizes, random batches,
+no data): the two stages in one compiled step, the stage-1 objective's terms, the masking
+ratio schedule, the frozen AST lower half, the EMA starting with stage 2, and the :released
+variant's frozen wrapper."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxaffect import config_lib, steps
+from jaxaffect import sharding as shd
+from jaxaffect.errors import UserError
+from jaxaffect.method import get_method
+
+CONFIG = "configs/mart_ve8.py"
+
+
+def _config(arg="smoke"):
+  return config_lib.load(f"{CONFIG}:{arg}", lock=False)
+
+
+def _batch(m, n, seed):
+  r = np.random.default_rng(seed)
+  b = m.example_batch(n)
+  b["video"] = r.integers(0, 256, b["video"].shape).astype(np.uint8)
+  b["fbank"] = r.standard_normal(b["fbank"].shape).astype(np.float32)
+  b["text_ids"] = r.integers(1, 20, b["text_ids"].shape).astype(np.int32)
+  length = r.integers(1, b["text_mask"].shape[-1] + 1, b["text_mask"].shape[:2])
+  b["text_mask"] = np.arange(b["text_mask"].shape[-1]) < length[..., None]
+  b["label"] = r.integers(0, 8, (n,)).astype(np.int32)
+  return b
+
+
+def _train(c, num_steps):
+  m = get_method(c)
+  s = steps.build(c, m, shd.make_mesh(c.mesh, jax.devices()[:1]))
+  out, states = [], []
+  with s.context():
+    state = s.init_fn(jax.random.key(0))
+    states.append(jax.device_get(state))
+    for i in range(num_steps):
+      batch = steps.make_global_batch(_batch(m, c.batch_size, i), s.batch_sharding)
+      state, metrics = s.train_step(state, batch, jax.random.key(1))
+      out.append(jax.device_get(metrics))
+      states.append(jax.device_get(state))
+  return m, out, states
+
+
+@pytest.fixture(scope="module")
+def smoke_run():
+  c = _config()
+  # :smoke clips have 4 patches; mask half of them in every clip so L_rec is never empty.
+  c.mask.update(ratio_base=0.5, clip_prob=1.0)
+  return c, *_train(c, 4)
+
+
+def _leaf(tree, path):
+  for k in path.split("/"):
+    tree = tree[k]
+  return np.asarray(tree)
+
+
+def test_stages_switch_at_stage1_steps_with_their_terms(smoke_run):
+  c, _, metrics, _ = smoke_run
+  assert [float(m["stage"]) for m in metrics] == [1.0, 1.0, 2.0, 2.0]
+  lc = c.loss
+  for m in metrics:
+    assert bool(m["finite"])
+    want = sum(float(lc[f"{k}_weight"]) * float(m[f"loss_{k}"])
+               for k in ("rec", "comp", "cls", "cls_c", "dist"))
+    np.testing.assert_allclose(float(m["loss"]), want, rtol=1e-5)
+  stage1, stage2 = metrics[:2], metrics[2:]
+  assert all(float(m["loss_rec"]) > 0 and float(m["loss_comp"]) != 0 for m in stage1)
+  assert all(float(m["loss_rec"]) == 0 and float(m["loss_comp"]) == 0 for m in stage2)
+  # The ratio schedule: steps_per_epoch 1, so epoch = step + 1: r = 0.5 + 0.8 min(.5, e / 100).
+  for i, m in enumerate(stage1):
+    r = 0.5 + 0.8 * min(0.5, (i + 1) / 100)
+    np.testing.assert_allclose(float(m["mask_ratio"]), r, rtol=1e-6)
+    np.testing.assert_allclose(float(m["masked_fraction"]), np.floor(4 * r) / 4)
+
+
+def test_ast_lower_half_frozen_fusion_trained_ema_from_stage2(smoke_run):
+  _, _, _, states = smoke_run
+  first, last = states[0], states[-1]
+  for path in ("mbt/audio/pos_embed", "mbt/audio/patch_embed/kernel"):
+    np.testing.assert_array_equal(_leaf(first["params"], path), _leaf(last["params"], path))
+  assert not np.array_equal(_leaf(first["params"], "mbt/bottleneck"),
+                            _leaf(last["params"], "mbt/bottleneck"))
+  fused = jax.tree.leaves(first["params"]["mbt"]["fusion_layers"]["audio"])
+  fused_after = jax.tree.leaves(last["params"]["mbt"]["fusion_layers"]["audio"])
+  assert any(not np.array_equal(a, b) for a, b in zip(fused, fused_after))
+  # EMA start_step = stage1_steps = 2: a copy of the params after steps 0 and 1, then lagging.
+  for i in (1, 2):
+    for a, b in zip(jax.tree.leaves(states[i]["ema_params"]), jax.tree.leaves(states[i]["params"])):
+      np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(_leaf(last["ema_params"], "mbt/bottleneck"),
+                            _leaf(last["params"], "mbt/bottleneck"))
+
+
+def test_released_variant_freezes_the_wrapper():
+  c = _config("smoke,released")
+  _, metrics, states = _train(c, 1)
+  assert bool(metrics[0]["finite"])
+  for sub in ("decoder", "tacl", "text"):
+    for a, b in zip(jax.tree.leaves(states[0]["params"][sub]),
+                    jax.tree.leaves(states[1]["params"][sub])):
+      np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(states[0]["params"]["mask_token"],
+                                states[1]["params"]["mask_token"])
+  assert not np.array_equal(_leaf(states[0]["params"], "mbt/v_fc/kernel"),
+                            _leaf(states[1]["params"], "mbt/v_fc/kernel"))
+
+
+def test_predict_is_the_mbt_sum_of_heads(smoke_run):
+  c, m, _, states = smoke_run
+  params = states[-1]["params"]
+  b = _batch(m, 2, 9)
+  b["video"] = np.concatenate([b["video"]] * 2, axis=1)[:, :c.dataset.eval_num_segments]
+  b["fbank"] = np.concatenate([b["fbank"]] * 2, axis=1)[:, :c.dataset.eval_num_segments]
+  logits = m.predict(params, {}, b)["logits"]
+  out = m.model.apply({"params": params}, b["video"], b["fbank"])
+  np.testing.assert_allclose(logits, out["logits_a"] + out["logits_v"], rtol=1e-6)
+  assert logits.shape == (2, 8)
+
+
+def test_unlabelled_runs_cannot_fine_tune():
+  c = _config()
+  c.mart.labelled = False
+  with pytest.raises(UserError, match="mart.labelled=False"):
+    get_method(c)
+  c.mart.stage1_steps = c.total_steps
+  m = get_method(c)
+  assert "label" not in m.example_batch(2)
