@@ -41,8 +41,10 @@ def get_config(arg=None):
   c.grad_accum_steps = 36
   c.eval_batch_size = 8
   steps_per_epoch = 732 // 36  # VE-8 split 1: 732 training videos
-  c.mart = dict(stage1_steps=100 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                labelled=True)
+  # Stage 1 for pretrain.steps steps on pretrain.data ("labelled": the train split, as
+  # released; "unlabelled": the pool or pretrain.corpus_dir), stage 2 up to total_steps.
+  c.pretrain = dict(steps=100 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                    data="labelled", corpus_dir="")
   c.total_steps = 250 * steps_per_epoch
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-4
@@ -51,7 +53,7 @@ def get_config(arg=None):
   # AST's embedding and blocks 0-7 run without gradient in the release (torch.no_grad), so
   # its Adam never touches them (not even through the L2 term): frozen here.
   c.frozen_params = ("mbt/audio/.*",)
-  c.ema = dict(decay=0.999, ramp_steps=2000.0, start_step=c.mart.stage1_steps)
+  c.ema = dict(decay=0.999, ramp_steps=2000.0, start_step=c.pretrain.steps)
   c.checkpoint.every_steps = steps_per_epoch
   c.checkpoint.keep = 3
   c.log_every_steps = 5
@@ -127,7 +129,7 @@ def _synthetic(c):
   # The generator writes vocab.txt and lexicon.tsv beside the clips (relative = raw folder).
   d.extraction.update(frame_short_side=64, audio_sr=16000, n_fft=1024, hop_length=256,
                       subtitles_vocab="vocab.txt", lexicon="lexicon.tsv")
-  d.synthetic.unlabelled = 0  # the pool is for configs/mart_pretrain.py
+  d.synthetic.unlabelled = -1  # the pool: 5x the train split
   d.num_segments, d.eval_num_segments, d.snippet_len, d.crop_size = 4, 4, 4, 64
   d.audio_frames = 32
   d.augment = "flip"
@@ -140,9 +142,11 @@ def _synthetic(c):
   c.text.max_len = 24
   c.batch_size, c.grad_accum_steps, c.eval_batch_size = 16, 1, 16
   steps_per_epoch = 640 // 16
-  c.mart.update(stage1_steps=5 * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+  # Stage 1 on the unlabelled pool (5x the train split), then fine-tuning on the train split.
+  c.pretrain.update(steps=5 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                    data="unlabelled")
   c.total_steps = 10 * steps_per_epoch
-  c.ema.update(ramp_steps=50.0, start_step=c.mart.stage1_steps)
+  c.ema.update(ramp_steps=50.0, start_step=c.pretrain.steps)
   c.optimizer.learning_rate = 5e-4
   c.checkpoint.every_steps = steps_per_epoch
   c.eval_every_steps = 2 * steps_per_epoch
@@ -150,14 +154,14 @@ def _synthetic(c):
 
 def _smoke(c):
   c.total_steps = 4
-  c.mart.update(stage1_steps=2, steps_per_epoch=1)
+  c.pretrain.update(steps=2, steps_per_epoch=1)
   c.ema.update(start_step=2, ramp_steps=2.0)
   c.batch_size, c.grad_accum_steps, c.eval_batch_size = 4, 2, 4
   c.checkpoint.every_steps = 2
   c.log_every_steps = 1
   c.eval_every_steps = 0
   d, m = c.dataset, c.model
-  d.synthetic.update(num_train_per_class=2, num_test_per_class=1)
+  d.synthetic.update(num_train_per_class=2, num_test_per_class=1, unlabelled=8)
   d.extraction.update(frame_short_side=32, n_fft=512, hop_length=256, max_frames=64)
   d.num_segments, d.eval_num_segments, d.snippet_len, d.crop_size = 2, 3, 2, 32
   d.audio_frames = 26

@@ -24,3 +24,19 @@ def test_metrics_match_hand_computed():
 def test_metrics_reject_mismatch():
   with pytest.raises(ValueError, match="3 predictions for 2 labels"):
     classification.classification_metrics(np.zeros((3, 2)), np.zeros(2), num_classes=2)
+
+
+def test_weighted_f1_equals_scikit_learn():
+  from sklearn.metrics import f1_score
+  r = np.random.default_rng(0)
+  labels = r.integers(0, 5, 200)
+  labels[labels == 3] = 4  # a class without support, still predicted
+  logits = r.standard_normal((200, 5))
+  logits[np.arange(100), labels[:100]] += 2.0
+  pol = np.array([0, 1, 0, 1, 1])
+  m = classification.classification_metrics(logits, labels, num_classes=5, polarity=pol)
+  pred = logits.argmax(-1)
+  np.testing.assert_allclose(m["weighted_f1"], f1_score(labels, pred, average="weighted"),
+                             rtol=1e-12)
+  np.testing.assert_allclose(m["polarity_weighted_f1"],
+                             f1_score(pol[labels], pol[pred], average="weighted"), rtol=1e-12)

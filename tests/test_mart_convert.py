@@ -1,10 +1,8 @@
-"""MART's released-checkpoint converter (methods/mart/converters.py) against a small PyTorch
-re-implementation of the released MBT (models/mbt/{MBT,VanillaViT}.py, AST's timm DeiT) written
-here from its semantics: fused qkv with q_bias/v_bias (video) or a qkv bias (audio), the video's
-sin-cos table with CLS at row 0, AST's stride-10 patches over the transposed fbank, bottleneck
-fusion in the last F blocks (audio block first), forward_bottleneck_cls's heads on segment means
-and the last video block's CLS -> patch attention. Also: strict key accounting and its errors,
-the stage-1 wrapper (vit. + BERT, TACL, decoder, mask token) onto MART, the CLI command."""
+"""MART's released-checkpoint converter (methods/mart/converters.py) against the PyTorch twin of
+the released modules (methods/mart/torch_reference.py): the MBT forward (forward_bottleneck_cls's
+heads on segment means and the last video block's CLS -> patch attention) after conversion,
+strict key accounting and its errors, the stage-1 wrapper (vit. + BERT, TACL, decoder, mask
+token) onto MART with the decoder's forward, the CLI command."""
 import json
 import os
 
@@ -19,10 +17,12 @@ from jaxaffect.converted_checkpoint import META_FILE
 from jaxaffect.methods.mart import converters, hf_convert
 from jaxaffect.methods.mart.decoder import MAEDecoder
 from jaxaffect.methods.mart.encoders import BertEncoder
+from jaxaffect.methods.mart.method import Method
 from jaxaffect.methods.mart.model import MBT, segment_mean
+from jaxaffect.methods.mart.pretrain_model import MART
 
 torch = pytest.importorskip("torch")
-F = torch.nn.functional
+from jaxaffect.methods.mart import torch_reference as tr  # noqa: E402  (needs torch)
 
 TOL = 1e-5
 # The parity model: E=32, 2 heads, L=3 blocks of which F=2 fused, 4 bottleneck tokens, clips of
@@ -33,139 +33,14 @@ SIZES = dict(num_classes=5, hidden_size=32, num_heads=2, mlp_dim=64, num_layers=
 B, NS = 2, 2
 
 
-# --- the released MBT, re-written in torch (timm naming) --------------------------------------
-
-class TorchAttention(torch.nn.Module):
-  """timm's fused-qkv attention; qv_bias: VideoMAE's (a bias-free qkv plus q_bias and v_bias, the
-  key's bias fixed at zero), else timm DeiT's qkv bias. Returns (out, weights [B, H, N, N])."""
-
-  def __init__(self, dim, heads, qv_bias):
-    super().__init__()
-    self.heads = heads
-    self.qkv = torch.nn.Linear(dim, 3 * dim, bias=not qv_bias)
-    if qv_bias:
-      self.q_bias = torch.nn.Parameter(torch.zeros(dim))
-      self.v_bias = torch.nn.Parameter(torch.zeros(dim))
-    self.proj = torch.nn.Linear(dim, dim)
-
-  def forward(self, x):
-    b, n, c = x.shape
-    if hasattr(self, "q_bias"):
-      bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-      qkv = F.linear(x, self.qkv.weight, bias)
-    else:
-      qkv = self.qkv(x)
-    q, k, v = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-    w = torch.softmax((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
-    return self.proj((w @ v).transpose(1, 2).reshape(b, n, c)), w
-
-
-class TorchMlp(torch.nn.Module):
-  def __init__(self, dim, hidden):
-    super().__init__()
-    self.fc1, self.fc2 = torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)
-
-  def forward(self, x):
-    return self.fc2(F.gelu(self.fc1(x)))
-
-
-class TorchBlock(torch.nn.Module):
-  """timm Block, pre-LN: x + attn(norm1(x)), then x + mlp(norm2(x)); returns (x, weights)."""
-
-  def __init__(self, dim, heads, hidden, qv_bias, eps=1e-6):
-    super().__init__()
-    self.norm1, self.norm2 = torch.nn.LayerNorm(dim, eps=eps), torch.nn.LayerNorm(dim, eps=eps)
-    self.attn = TorchAttention(dim, heads, qv_bias)
-    self.mlp = TorchMlp(dim, hidden)
-
-  def forward(self, x):
-    y, w = self.attn(self.norm1(x))
-    x = x + y
-    return x + self.mlp(self.norm2(x)), w
-
-
-def _proj(conv):
-  m = torch.nn.Module()
-  m.proj = conv
-  return m
-
-
-def _blocks(n, e, heads, hidden, qv_bias):
-  return torch.nn.ModuleList(TorchBlock(e, heads, hidden, qv_bias) for _ in range(n))
-
-
-class TorchMBT(torch.nn.Module):
-  """Parameters named as the released state_dict (unused heads included)."""
-
-  def __init__(self, s):
-    super().__init__()
-    e, h, mlp, n = s["hidden_size"], s["num_heads"], s["mlp_dim"], s["num_layers"]
-    t, p = s["tubelet_size"], s["patch_size"]
-    grid = ((s["num_mel_bins"] - 16) // 10 + 1) * ((s["audio_frames"] - 16) // 10 + 1)
-    self.s = s
-    self.vid_model = torch.nn.Module()
-    v = self.vid_model
-    v.patch_embed = _proj(torch.nn.Conv3d(3, e, (t, p, p), stride=(t, p, p)))
-    v.cls_token = torch.nn.Parameter(torch.zeros(1, 1, e))
-    v.blocks = _blocks(n, e, h, mlp, qv_bias=True)
-    v.fc_norm = torch.nn.LayerNorm(e, eps=1e-6)
-    v.head = torch.nn.Linear(e, 7)
-    self.ast_model = torch.nn.Module()
-    a = self.ast_model.v = torch.nn.Module()
-    a.cls_token = torch.nn.Parameter(torch.zeros(1, 1, e))
-    a.dist_token = torch.nn.Parameter(torch.zeros(1, 1, e))
-    a.pos_embed = torch.nn.Parameter(torch.zeros(1, 2 + grid, e))
-    a.patch_embed = _proj(torch.nn.Conv2d(1, e, 16, stride=10))
-    a.blocks = _blocks(n, e, h, mlp, qv_bias=False)
-    a.norm = torch.nn.LayerNorm(e, eps=1e-6)
-    a.head, a.head_dist = torch.nn.Linear(e, 6), torch.nn.Linear(e, 6)
-    self.ast_model.mlp_head = torch.nn.Sequential(torch.nn.LayerNorm(e), torch.nn.Linear(e, 6))
-    c = s["num_classes"]
-    self.a_fc, self.v_fc = torch.nn.Linear(e, c), torch.nn.Linear(e, c)
-    self.a_s_fc, self.v_s_fc = torch.nn.Linear(e, 2), torch.nn.Linear(e, 2)
-    self.bottleneck = torch.nn.Parameter(torch.zeros(1, s["bottleneck_tokens"], e))
-
-  def forward(self, visual, audio):
-    """forward_bottleneck_cls: visual [B, Ns, 3, T, H, W] (0-255), audio [B, Ns * Ta, M] ->
-    (output_a, output_v) [B, C] and the intra map [Ns * B, Nv] (clips segment-major, as the
-    release flattens them)."""
-    s, v, a = self.s, self.vid_model, self.ast_model.v
-    first = s["num_layers"] - s["fusion_layers"]
-    visual = visual.transpose(0, 1) / 255.0 - 100.0 / 255.0
-    ns, b = visual.shape[:2]
-    x = v.patch_embed.proj(visual.flatten(0, 1)).flatten(2).transpose(1, 2)
-    x = torch.cat([v.cls_token.expand(x.shape[0], -1, -1), x], 1)
-    x = x + torch.from_numpy(_sinusoid(x.shape[1], x.shape[2]))
-    for blk in v.blocks[:first]:
-      x = blk(x)[0]
-    chunks = audio.transpose(0, 1).chunk(ns, dim=0)  # [Ta, B, M] each
-    y = torch.stack(chunks).transpose(1, 2).flatten(0, 1)  # [Ns * B, Ta, M]
-    y = a.patch_embed.proj(y.unsqueeze(1).transpose(2, 3)).flatten(2).transpose(1, 2)
-    n = y.shape[0]
-    y = torch.cat([a.cls_token.expand(n, -1, -1), a.dist_token.expand(n, -1, -1), y], 1)
-    y = y + a.pos_embed
-    for blk in a.blocks[:first]:
-      y = blk(y)[0]
-    bott = self.bottleneck.repeat(n, 1, 1)
-    tv, ta = x.shape[1], y.shape[1]
-    for vb, ab in zip(v.blocks[first:], a.blocks[first:]):
-      out_a = ab(torch.cat([y, bott], 1))[0]
-      out_v, w = vb(torch.cat([x, bott], 1))
-      y, x = out_a[:, :ta], out_v[:, :tv]
-      bott = (out_a[:, ta:] + out_v[:, tv:]) / 2
-    intra = w[:, :, :tv, :tv][:, :, :1, 1:].mean(dim=1).mean(dim=1)
-    fa = a.norm(y)[:, :2].mean(dim=1)
-    fv = v.fc_norm(x[:, :1]).mean(dim=1)
-    seg_mean = lambda f: f.view(ns, b, -1).transpose(0, 1).mean(dim=1)
-    return self.a_fc(seg_mean(fa)), self.v_fc(seg_mean(fv)), intra
-
-
-def _sinusoid(n, d):
-  """VideoMAE's table: angle pos / 10000^(2 (j // 2) / d), sin on even, cos on odd columns."""
-  angle = np.array([[pos / np.power(10000, 2 * (j // 2) / d) for j in range(d)]
-                    for pos in range(n)])
-  angle[:, 0::2], angle[:, 1::2] = np.sin(angle[:, 0::2]), np.cos(angle[:, 1::2])
-  return angle.astype(np.float32)[None]
+def _torch_mbt(s):
+  """The released MBT (torch_reference.MBTRef) at our MBT's sizes `s`."""
+  return tr.MBTRef(
+      n_classes=s["num_classes"], embed_dim=s["hidden_size"], depth=s["num_layers"],
+      num_heads=s["num_heads"], mlp_dim=s["mlp_dim"], fusion_layers=s["fusion_layers"],
+      bottleneck_tokens=s["bottleneck_tokens"], patch_size=s["patch_size"],
+      tubelet_size=s["tubelet_size"], num_frames=s["num_frames"], img_size=s["image_size"],
+      num_mel_bins=s["num_mel_bins"], audio_time=s["audio_frames"])
 
 
 def _randomize(module, seed):
@@ -196,7 +71,7 @@ def _max_diff(a, b):
 @pytest.fixture(scope="module")
 def released():
   torch.manual_seed(0)
-  return _randomize(TorchMBT(SIZES), 1)
+  return _randomize(_torch_mbt(SIZES), 1)
 
 
 def _inputs(seed=3):
@@ -272,48 +147,6 @@ def test_missing_extra_and_misshapen_keys_are_named(released):
 
 # --- the stage-1 wrapper onto MART (configs/mart_ve8.py:smoke) --------------------------------
 
-class TorchTACLNames(torch.nn.Module):
-  """TACL's released parameter names and shapes (its forward is tested in test_mart_tacl.py)."""
-
-  def __init__(self, e, classes):
-    super().__init__()
-    lin = lambda o=e: torch.nn.Linear(e, o)
-    for name in ("v2l_attn", "a2l_attn"):
-      m = torch.nn.Module()
-      m.linear_q, m.linear_k, m.linear_v, m.linear_o = lin(), lin(), lin(), lin()
-      setattr(self, name, m)
-    self.v_norm, self.a_norm, self.l_norm = (torch.nn.LayerNorm(e) for _ in range(3))
-    for name, out in (("v_proj", e), ("a_proj", e), ("v_fc", classes), ("a_fc", classes)):
-      m = torch.nn.Module()
-      m.fc1, m.fc2 = lin(), torch.nn.Linear(e, out)
-      setattr(self, name, m)
-    for name in ("v2a_contrast", "a2v_contrast"):
-      m = torch.nn.Module()
-      m.net = torch.nn.Sequential(*[torch.nn.Conv1d(e, e, 3, padding=1) if i % 2 == 0
-                                    else torch.nn.ReLU() for i in range(8)])
-      setattr(self, name, m)
-
-
-class TorchDecoder(torch.nn.Module):
-  """MART.py's decoder: decoder_embd, + sin-cos table, decoder_blocks (timm Blocks with q/v
-  bias and PyTorch's default LayerNorm eps 1e-5), decoder_norm, decoder_pred."""
-
-  def __init__(self, e, width, depth, heads, hidden, out):
-    super().__init__()
-    self.decoder_embd = torch.nn.Linear(e, width)
-    self.decoder_blocks = torch.nn.ModuleList(
-        TorchBlock(width, heads, hidden, qv_bias=True, eps=1e-5) for _ in range(depth))
-    self.decoder_norm = torch.nn.LayerNorm(width)
-    self.decoder_pred = torch.nn.Linear(width, out)
-
-  def forward(self, x):
-    x = self.decoder_embd(x)
-    x = x + torch.from_numpy(_sinusoid(x.shape[1], x.shape[2]))
-    for blk in self.decoder_blocks:
-      x = blk(x)[0]
-    return self.decoder_pred(self.decoder_norm(x))
-
-
 def _smoke():
   return config_lib.load("configs/mart_ve8.py:smoke", [])
 
@@ -327,26 +160,38 @@ def _smoke_sizes(c):
               num_mel_bins=d.fbank_bins, audio_frames=d.audio_frames)
 
 
-def test_wrapper_onto_mart_and_bare_mbt():
-  transformers = pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def smoke_wrapper():
+  """(config, MBT sizes, the released stage-1 wrapper at the smoke config's sizes, randomized)."""
+  pytest.importorskip("transformers")
   c = _smoke()
   s = _smoke_sizes(c)
-  e, t = s["hidden_size"], c.model.text
+  t, dc = c.model.text, c.model.decoder
   torch.manual_seed(0)
-  mbt_sd = _sd(_randomize(TorchMBT(s), 4))
-  bert = transformers.BertModel(transformers.BertConfig(
-      vocab_size=t.vocab_size, hidden_size=e, num_hidden_layers=t.num_layers,
-      num_attention_heads=t.num_heads, intermediate_size=t.mlp_dim,
-      max_position_embeddings=t.max_positions))
-  bert_sd = _sd(_randomize(bert, 5))
+  wrapper = _randomize(tr.MARTRef(
+      _torch_mbt(s), tr.bert_base_config(
+          vocab_size=t.vocab_size, hidden_size=s["hidden_size"], num_hidden_layers=t.num_layers,
+          num_attention_heads=t.num_heads, intermediate_size=t.mlp_dim,
+          max_position_embeddings=t.max_positions),
+      tacl_heads=c.model.tacl_heads, decoder_emb=dc.width, decoder_depth=dc.depth,
+      decoder_heads=dc.num_heads, decoder_mlp=dc.mlp_dim), 4)
+  return c, s, wrapper
+
+
+def test_wrapper_onto_mart_and_bare_mbt(smoke_wrapper):
+  c, s, wrapper = smoke_wrapper
+  e, t = s["hidden_size"], c.model.text
   dc = c.model.decoder
-  num_patches = (s["num_frames"] // 2) * (s["image_size"] // 16) ** 2
-  decoder = _randomize(TorchDecoder(e, dc.width, dc.depth, dc.num_heads, dc.mlp_dim, 1536), 6)
-  tacl_sd = _sd(_randomize(TorchTACLNames(e, s["num_classes"]), 7), "tacl.")
-  mask = np.random.default_rng(8).standard_normal((1, 1, e)).astype(np.float32)
-  sd = {**{"vit." + k: v for k, v in mbt_sd.items()},
-        **{"lan_model.bert." + k: v for k, v in bert_sd.items()}, **tacl_sd, **_sd(decoder),
-        "Vmask_token": mask}
+  sd = _sd(wrapper)
+  mbt_sd, bert_sd = _sd(wrapper.vit), _sd(wrapper.lan_model.bert)
+  tacl_sd, mask = _sd(wrapper.tacl, "tacl."), sd["Vmask_token"]
+  num_patches = wrapper.vit.vid_model.num_patches
+  # The wrapper's keys are its parts' (MART.py's attribute names); the decoder's position table
+  # is a fixed tensor, not a state_dict entry.
+  rest = set(sd) - ({"vit." + k for k in mbt_sd} | {"lan_model.bert." + k for k in bert_sd}
+                    | set(tacl_sd) | {"Vmask_token"})
+  assert {k.split(".")[0] for k in rest} == {"decoder_embd", "decoder_blocks", "decoder_norm",
+                                             "decoder_pred"}
 
   conv = converters.mart(sd, c)
   p = jax.tree.map(np.asarray, conv.variables["params"])
@@ -380,7 +225,7 @@ def test_wrapper_onto_mart_and_bare_mbt():
                     num_heads=dc.num_heads, mlp_dim=dc.mlp_dim, out_dim=1536).apply(
                         {"params": p["decoder"]}, x)
   with torch.no_grad():
-    theirs = decoder(torch.from_numpy(x))
+    theirs = wrapper.forward_d(torch.from_numpy(x))
   d_dec = _max_diff(ours, theirs)
   print(f"decoder: {d_dec:.2e}")
   assert d_dec < 1e-5
@@ -397,7 +242,7 @@ def test_wrapper_onto_mart_and_bare_mbt():
 def test_cli_converts_released_file(tmp_path):
   c = _smoke()
   torch.manual_seed(0)
-  model = _randomize(TorchMBT(_smoke_sizes(c)), 10)
+  model = _randomize(_torch_mbt(_smoke_sizes(c)), 10)
   path = str(tmp_path / "best.ckpt")
   torch.save(model.state_dict(), path)
   out = str(tmp_path / "out")
@@ -408,3 +253,40 @@ def test_cli_converts_released_file(tmp_path):
   assert meta["info"]["layout"] == "released MBT state_dict (best.ckpt)"
   assert meta["num_keys"] + len(meta["dropped"]) == len(model.state_dict())
   assert meta["key_map"]["bottleneck"] == "params/mbt/bottleneck"
+
+
+def test_stage1_forward_matches_released(smoke_wrapper):
+  """MART.pretrain on the converted wrapper against MARTRef.forward (MART.py's stage 1 without
+  its losses) at batch 1 (the release's, where its segment-major video rows and b-major text
+  rows agree), all words real (the release masks none), our AttMask draw fed to both."""
+  c, s, wrapper = smoke_wrapper
+  # Every clip masked (no 0.5 gate), so the mask token and the decoder inputs always differ.
+  c = config_lib.load("configs/mart_ve8.py:smoke", ["mask.clip_prob=1.0"])
+  model = Method(c).model
+  params = converters.mart(_sd(wrapper), c).variables["params"]
+  ns, length = int(c.dataset.num_segments), int(c.text.max_len)
+  rng = np.random.default_rng(11)
+  video = rng.uniform(0, 255, (1, ns, s["num_frames"], s["image_size"], s["image_size"], 3))
+  video = video.astype(np.float32)
+  fbank = rng.standard_normal((1, ns, s["audio_frames"], s["num_mel_bins"])).astype(np.float32)
+  ids = rng.integers(0, int(c.model.text.vocab_size), (1, ns, length)).astype(np.int32)
+  out = jax.jit(lambda p: model.apply(
+      {"params": p}, video, fbank, ids, np.ones_like(ids, bool), 0.5, method=MART.pretrain,
+      rngs={"masking": jax.random.key(2)}))(params)
+  mask = np.asarray(out["mask"])
+  assert mask.sum(1).tolist() == [mask.shape[1] // 2] * mask.shape[0]  # ratio 0.5
+  with torch.no_grad():
+    ref = wrapper(torch.from_numpy(video.transpose(0, 1, 5, 2, 3, 4).copy()),
+                  torch.from_numpy(fbank.reshape(1, -1, s["num_mel_bins"])),
+                  torch.from_numpy(ids.reshape(ns, length).astype(np.int64)),
+                  torch.from_numpy(mask.copy()))
+  pairs = {"reconstruction": "reconstruction", "intra_attention": "intra",
+           "tacl_inter_attention": "inter_attention", "tacl_v2l": "v2l", "tacl_a2l": "a2l",
+           "tacl_v2l_hat": "v2l_hat", "tacl_a2l_hat": "a2l_hat", "tacl_logits_v": "logits_v",
+           "tacl_logits_a": "logits_a", "logits_a_stage1": "output_a",
+           "logits_v_stage1": "output_v"}
+  diffs = {k: _max_diff(out[k], ref[r]) for k, r in pairs.items()}
+  print("stage 1:", ", ".join(f"{k} {d:.1e}" for k, d in diffs.items()))
+  for r in ("reconstruction", "output_v", "logits_v", "v2l_hat"):  # not vacuous comparisons
+    assert float(np.abs(ref[r].numpy()).max()) > 0.1, r
+  assert max(diffs.values()) < TOL, diffs

@@ -123,11 +123,21 @@ def test_predict_is_the_mbt_sum_of_heads(smoke_run):
   assert logits.shape == (2, 8)
 
 
-def test_unlabelled_runs_cannot_fine_tune():
-  c = _config()
-  c.mart.labelled = False
-  with pytest.raises(UserError, match="mart.labelled=False"):
-    get_method(c)
-  c.mart.stage1_steps = c.total_steps
-  m = get_method(c)
-  assert "label" not in m.example_batch(2)
+def test_unlabelled_examples_count_in_reconstruction_and_cpc_only(smoke_run):
+  c, m, _, states = smoke_run
+  params = states[-1]["params"]
+  b = {k: jnp.asarray(v) for k, v in _batch(m, 4, 3).items()}
+  step = jnp.zeros((), jnp.int32)
+  loss = lambda batch: m._stage1(params, batch, jax.random.key(0), step)[1]
+  none = loss(dict(b, label=jnp.full((4,), -1, jnp.int32)))
+  assert float(none["loss_cls"]) == 0 and float(none["loss_cls_c"]) == 0
+  assert float(none["loss_rec"]) > 0 and float(none["loss_comp"]) != 0
+  # Two of four labelled: the classification terms are those of the labelled two alone.
+  half = loss(dict(b, label=b["label"].at[2:].set(-1)))
+  two = loss({k: v[:2] for k, v in b.items()})
+  np.testing.assert_allclose(float(half["loss_cls"]), float(two["loss_cls"]), rtol=1e-5)
+  np.testing.assert_allclose(float(half["loss_cls_c"]), float(two["loss_cls_c"]), rtol=1e-5)
+  c2 = _config()
+  c2.pretrain.data = "bogus"
+  with pytest.raises(UserError, match="pretrain.data='bogus'"):
+    get_method(c2)

@@ -1,8 +1,9 @@
-"""MART's TACL block (methods/mart/tacl.py) against a small PyTorch re-implementation of the
-released forward (MART.py: TemporalAffectiveComplementaryLearning, MultiHeadAttentionOp, CPC,
-timm Mlp), with our parameters copied in: every output without padding, the legacy flag with
-padding, the masked outputs against the release run on each clip unpadded, padding invariance,
-DropPath per clip and without a residual, comp_loss against NumPy, shapes under jit."""
+"""MART's TACL block (methods/mart/tacl.py) against the PyTorch twin of the released forward
+(methods/mart/torch_reference.py: TACLRef, after MART.py's TemporalAffectiveComplementaryLearning,
+MultiHeadAttentionOp, CPC, timm Mlp), with our parameters copied in: every output without
+padding, the legacy flag with padding, the masked outputs against the release run on each clip
+unpadded, padding invariance, DropPath per clip and without a residual, comp_loss against NumPy,
+shapes under jit."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,90 +13,10 @@ import pytest
 from jaxaffect.methods.mart import tacl
 
 torch = pytest.importorskip("torch")
+from jaxaffect.methods.mart.torch_reference import TACLRef  # noqa: E402  (needs torch)
 
 E, HEADS, L, NV, NA, B, NS, C = 16, 2, 5, 6, 4, 2, 3, 3
 TOL = 1e-5
-
-
-# --- the released forward, re-written in torch -----------------------------------------------
-
-class TorchCrossAttention(torch.nn.Module):
-  """MultiHeadAttentionOp: linear + ReLU on q, k, v; heads split head-major; softmax(qk/sqrt d);
-  heads merged; linear + ReLU. Returns the output and the weights [B*heads, Lq, Lk]."""
-
-  def __init__(self, dim, heads):
-    super().__init__()
-    self.heads = heads
-    self.linear_q, self.linear_k, self.linear_v, self.linear_o = (
-        torch.nn.Linear(dim, dim) for _ in range(4))
-
-  def forward(self, q, kv):
-    relu = torch.relu
-    q, k, v = relu(self.linear_q(q)), relu(self.linear_k(kv)), relu(self.linear_v(kv))
-    b, lq, d = q.shape
-    split = lambda t: t.reshape(b, t.shape[1], self.heads, d // self.heads).permute(
-        0, 2, 1, 3).reshape(b * self.heads, t.shape[1], d // self.heads)
-    q, k, v = split(q), split(k), split(v)
-    w = torch.softmax(q @ k.transpose(1, 2) / (d // self.heads) ** 0.5, dim=-1)
-    y = (w @ v).reshape(b, self.heads, lq, -1).permute(0, 2, 1, 3).reshape(b, lq, d)
-    return relu(self.linear_o(y)), w
-
-
-class TorchMlp(torch.nn.Module):
-  def __init__(self, dim, out):
-    super().__init__()
-    self.fc1, self.fc2 = torch.nn.Linear(dim, dim), torch.nn.Linear(dim, out)
-
-  def forward(self, x):
-    return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
-
-
-class TorchCPC(torch.nn.Module):
-  """4 x (Conv1d k=3 pad=1, ReLU) over the word axis; the score over all flattened rows."""
-
-  def __init__(self, dim):
-    super().__init__()
-    layers = []
-    for _ in range(4):
-      layers += [torch.nn.Conv1d(dim, dim, 3, padding=1), torch.nn.ReLU()]
-    self.net = torch.nn.Sequential(*layers)
-
-  def predict(self, y):
-    return self.net(y.permute(0, 2, 1)).permute(0, 2, 1)
-
-  def forward(self, x, y):
-    pred = self.predict(y).flatten(0, 1)
-    x = x.flatten(0, 1)
-    pred = pred / pred.norm(dim=-1, keepdim=True)
-    x = x / x.norm(dim=-1, keepdim=True)
-    return ((x * pred).sum(-1) - torch.logsumexp(x @ pred.t(), dim=-1)).mean()
-
-
-class TorchTACL(torch.nn.Module):
-  def __init__(self):
-    super().__init__()
-    self.v2l_attn, self.a2l_attn = TorchCrossAttention(E, HEADS), TorchCrossAttention(E, HEADS)
-    self.v_norm, self.a_norm, self.l_norm = (torch.nn.LayerNorm(E) for _ in range(3))
-    self.v_proj, self.a_proj = TorchMlp(E, E), TorchMlp(E, E)
-    self.v2a_contrast, self.a2v_contrast = TorchCPC(E), TorchCPC(E)
-    self.v_fc, self.a_fc = TorchMlp(E, C), TorchMlp(E, C)
-
-  def streams(self, fv, fa, fl, drop_v=1.0, drop_a=1.0):
-    """Per clip, before pooling; drop_* [B*Ns, 1, 1] stand in for DropPath's per-clip factor."""
-    fl = self.l_norm(fl)
-    v, v_att = self.v2l_attn(fl, self.v_norm(fv))
-    a, _ = self.a2l_attn(fl, self.a_norm(fa))
-    v2l, a2l = self.v_proj(v * drop_v), self.a_proj(a * drop_a)
-    vatt = v_att.reshape(-1, HEADS, *v_att.shape[1:]).mean(1)   # [B*Ns, L, Nv]
-    return dict(v2l=v2l, a2l=a2l, v2l_hat=self.v2a_contrast.predict(a2l),
-                a2l_hat=self.a2v_contrast.predict(v2l), vatt=vatt, v_pre=v, a_pre=a)
-
-  def forward(self, fv, fa, fl, ns):
-    s = self.streams(fv, fa, fl)
-    comp = self.v2a_contrast(s["v2l"], s["a2l"]) + self.a2v_contrast(s["a2l"], s["v2l"])
-    pool = lambda t: t.reshape(-1, ns, *t.shape[1:]).mean(1).mean(1)  # '(b s) n d', s, then n
-    return dict(s, logits_v=self.v_fc(pool(s["v2l"])), logits_a=self.a_fc(pool(s["a2l"])),
-                inter_attention=s["vatt"].mean(1), comp=comp)
 
 
 def _load(model, params):
@@ -151,7 +72,7 @@ def setup():
   keys = jax.random.split(jax.random.key(1), len(leaves))
   params = jax.tree_util.tree_unflatten(
       tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-  return model, params, _load(TorchTACL(), params)
+  return model, params, _load(TACLRef(E, C, HEADS), params)
 
 
 def _run(model, params, words, mask, video, audio, **kw):
@@ -191,7 +112,6 @@ def test_every_output_matches_the_release_without_padding(setup):
   for k in OUTPUTS:
     _close(out[k], ref[k])
   assert out["logits_v"].shape == (B, C) and out["inter_attention"].shape == (B * NS, NV)
-  # the released CPC score (sign +1 = released)
   # the released CPC score (sign +1 = released), one video at a time (the release's batch 1)
   comp = _per_video_comp(ref_model, video, audio, words)
   _close(tacl.comp_loss(out, mask, 1.0, NS), comp)

@@ -2,7 +2,10 @@
 
 top1: fraction of examples whose argmax equals the label. mean_class_accuracy: the mean over
 classes present in the labels of per-class recall. polarity_accuracy: the argmax's polarity equals
-the label's polarity. confusion[i][j]: examples of class i predicted as j.
+the label's polarity. confusion[i][j]: examples of class i predicted as j. weighted_f1 and
+polarity_weighted_f1: scikit-learn's f1_score(average="weighted") (what MART reports) of the
+classes and of their polarities: per-class F1 = 2 TP / (2 TP + FP + FN) (0 when that is 0/0),
+averaged with the classes' label counts as weights.
 """
 from __future__ import annotations
 
@@ -17,6 +20,15 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
   cm = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(cm, (labels.astype(np.int64), pred.astype(np.int64)), 1)
   return cm
+
+
+def weighted_f1(cm: np.ndarray) -> float:
+  """scikit-learn's weighted F1 from a confusion matrix (rows = labels, columns = predictions)."""
+  tp = np.diag(cm).astype(np.float64)
+  support = cm.sum(1).astype(np.float64)
+  denom = support + cm.sum(0)  # 2 TP + FP + FN = (TP + FN) + (TP + FP)
+  f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+  return float((f1 * support).sum() / max(support.sum(), 1.0))
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_classes: int,
@@ -36,6 +48,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_classe
                                                                        range(num_classes)]
   out = {
       "top1": float((pred == labels).mean()),
+      "weighted_f1": weighted_f1(cm),
       "mean_class_accuracy": float(np.nanmean(per_class)),
       "num_examples": int(labels.size),
       "confusion": cm.tolist(),
@@ -46,6 +59,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_classe
   if polarity is not None:
     pol = np.asarray(polarity)
     out["polarity_accuracy"] = float((pol[pred] == pol[labels]).mean())
+    n_pol = int(pol.max()) + 1
+    out["polarity_weighted_f1"] = weighted_f1(confusion_matrix(pol[pred], pol[labels], n_pol))
   return out
 
 

@@ -299,7 +299,12 @@ def reference_module(method_name: str, *, load: bool = True):
   if importlib.util.find_spec(f"jaxaffect.methods.{method_name}.torch_reference") is None:
     raise UserError(f"versus: method {method_name!r} has no PyTorch reference "
                     f"(jaxaffect/methods/{method_name}/torch_reference.py)")
-  return method_lib.method_package(method_name, "torch_reference") if load else None
+  if not load:
+    return None
+  module = method_lib.method_package(method_name, "torch_reference")
+  if not hasattr(module, "versus_reference"):  # a twin for parity tests only (MART so far)
+    raise UserError(f"versus: {module.__name__} has no train-step reference (versus_reference)")
+  return module
 
 
 # ---- the two sides -------------------------------------------------------------------------------

@@ -1,19 +1,20 @@
 """MART (Zhang et al., CVPR 2024): masked affective representation learning over video, audio
 and subtitles, then supervised fine-tuning; both stages are one run.
 
-Steps [0, mart.stage1_steps) are stage 1 (pretrain_model.MART.pretrain):
+Steps [0, pretrain.steps) are stage 1 (pretrain_model.MART.pretrain):
   L = rec_weight * L_rec + comp_weight * L_comp + cls_weight * L_cls + cls_c_weight * L_cls_c
-      (+ distribution_weight * L_dist with loss.distribution)
   L_rec: MSE to the normalised tubelet pixels over the masked patches; L_comp: TACL's CPC term
   times loss.cpc_sign (+1 as released, -1 as MMIM); L_cls: PCCE of the audio head plus PCCE of
-  the video head (each on segment means); L_cls_c: the same over TACL's two heads.
-Steps [stage1_steps, total_steps) are stage 2: PCCE over the MBT's audio and video heads, with
-the EMA (config.ema, start_step = stage1_steps) used by evaluation. The stage and the masking
-ratio are functions of the step, so a resumed run continues in the right stage and schedule.
-Evaluation: the MBT path (fc_norm of the CLS), logits = audio + video heads.
+  the video head (each on segment means); L_cls_c: the same over TACL's two heads. Examples
+  without a label (label -1: the unlabelled pool) count in L_rec and L_comp only.
+Steps [pretrain.steps, total_steps) are stage 2: PCCE over the MBT's audio and video heads,
+with the EMA (config.ema, start_step = pretrain.steps) used by evaluation. The stage and the
+masking ratio are functions of the step, so a resumed run continues in the right stage and
+schedule. Evaluation: the MBT path (fc_norm of the CLS), logits = audio + video heads.
 
-Without labels (pretraining on an unlabelled corpus: `mart.labelled=False`) the classification
-terms are dropped and stage 2 is not allowed. Faithfulness flags: README, "MART".
+Stage-1 data (`pretrain.data`): "labelled" (the train split, as released) or "unlabelled" (the
+pool or corpus of methods/mart/data.py; stage 2 then reads the train split; with no stage 2
+the run is label-free pretraining). Faithfulness flags: README, "MART".
 """
 from __future__ import annotations
 
@@ -31,7 +32,15 @@ from jaxaffect.methods.mart.tacl import comp_loss
 from jaxaffect.nn.losses import pcce_loss
 
 TEXT_SOURCES = ("raw", "emotion_words", "both")
+PRETRAIN_DATA = ("labelled", "unlabelled")
 STAGE1_TERMS = ("rec", "comp", "cls", "cls_c", "dist")
+
+
+def _top1(logits, labels):
+  """Accuracy over the labelled examples (label >= 0); 0 when there are none."""
+  valid = (labels >= 0).astype(jnp.float32)
+  hit = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return jnp.sum(hit * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
 class Method(base.Method):
@@ -40,14 +49,10 @@ class Method(base.Method):
     c = self.config
     m, ds = c.model, c.dataset
     config_lib.check_choice("text.source", c.text.source, TEXT_SOURCES)
-    self.stage1_steps = int(c.mart.stage1_steps)
-    self.labelled = bool(c.mart.get("labelled", True))
+    self.stage1_steps = int(c.pretrain.steps)
     if not 0 <= self.stage1_steps:
-      raise UserError(f"config.mart.stage1_steps must be >= 0, got {self.stage1_steps}")
-    if not self.labelled and self.stage1_steps < int(c.total_steps):
-      raise UserError(f"config.mart.labelled=False (no labels) cannot fine-tune: set "
-                      f"mart.stage1_steps >= total_steps ({c.total_steps}), got "
-                      f"{self.stage1_steps}")
+      raise UserError(f"config.pretrain.steps must be >= 0, got {self.stage1_steps}")
+    config_lib.check_choice("pretrain.data", c.pretrain.data, PRETRAIN_DATA)
     if bool(c.loss.get("distribution", False)):
       raise UserError("config.loss.distribution=True: the temporal emotion-distribution "
                       "target is not implemented yet (README, MART)")
@@ -87,9 +92,8 @@ class Method(base.Method):
         "fbank": np.zeros((batch_size, s, int(ds.audio_frames), int(ds.fbank_bins)), np.float32),
         "text_ids": np.zeros((batch_size, s, length), np.int32),
         "text_mask": np.zeros((batch_size, s, length), bool),
+        "label": np.zeros((batch_size,), np.int32),  # -1: unlabelled
     }
-    if self.labelled:
-      batch["label"] = np.zeros((batch_size,), np.int32)
     return batch
 
   def init_variables(self, rng, batch):
@@ -104,13 +108,13 @@ class Method(base.Method):
   def mask_ratio(self, step):
     """The AttMask ratio at a train step: masking.ratio_schedule of the 1-based epoch."""
     mk = self.config.mask
-    epoch = step // max(1, int(self.config.mart.steps_per_epoch)) + 1
+    epoch = step // max(1, int(self.config.pretrain.steps_per_epoch)) + 1
     return masking.ratio_schedule(epoch, int(mk.schedule_epochs), float(mk.ratio_base),
                                   float(mk.ratio_slope), float(mk.ratio_cap))
 
   def _pcce(self, logits, labels):
     lam = float(self.config.loss.pcce_lambda)
-    return pcce_loss(logits, labels, jnp.asarray(self.polarity), lam)[0]
+    return pcce_loss(logits, labels, jnp.asarray(self.polarity), lam, valid=labels >= 0)[0]
 
   def _stage1(self, params, batch, rng, step):
     lc = self.config.loss
@@ -131,17 +135,12 @@ class Method(base.Method):
       words_mask = jnp.ones_like(words_mask)
     terms["comp"] = comp_loss(tacl, words_mask, float(lc.cpc_sign), ns)
     zero = jnp.zeros((), jnp.float32)
-    if self.labelled:
-      labels = batch["label"]
-      terms["cls"] = (self._pcce(out["logits_a_stage1"], labels)
-                      + self._pcce(out["logits_v_stage1"], labels))
-      terms["cls_c"] = (self._pcce(tacl["logits_v"], labels)
-                        + self._pcce(tacl["logits_a"], labels))
-      logits = out["logits_a_stage1"] + out["logits_v_stage1"]
-      top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-    else:
-      terms["cls"] = terms["cls_c"] = zero
-      top1 = zero
+    labels = batch["label"]
+    terms["cls"] = (self._pcce(out["logits_a_stage1"], labels)
+                    + self._pcce(out["logits_v_stage1"], labels))
+    terms["cls_c"] = (self._pcce(tacl["logits_v"], labels)
+                      + self._pcce(tacl["logits_a"], labels))
+    top1 = _top1(out["logits_a_stage1"] + out["logits_v_stage1"], labels)
     terms["dist"] = zero
     loss = sum(float(lc[f"{k}_weight"]) * terms[k] for k in STAGE1_TERMS)
     metrics = {f"loss_{k}": terms[k] for k in STAGE1_TERMS}
@@ -158,7 +157,7 @@ class Method(base.Method):
     zero = jnp.zeros((), jnp.float32)
     metrics = {f"loss_{k}": zero for k in STAGE1_TERMS}
     metrics["loss_cls"] = loss
-    metrics.update(top1=jnp.mean((jnp.argmax(out["logits"], -1) == labels).astype(jnp.float32)),
+    metrics.update(top1=_top1(out["logits"], labels),
                    masked_fraction=zero, mask_ratio=zero, stage=jnp.full((), 2.0, jnp.float32))
     return loss, metrics
 

@@ -2,9 +2,10 @@
 models/mbt/VanillaViT.py, models/ast/ast_models.py over timm 0.4.5's distilled DeiT, MART.py),
 written from their semantics with the released module names, so that `state_dict()` has the
 keys of the released checkpoints: `MBTRef` those of `best.ckpt`, `MARTRef` those of the stage-1
-wrapper (`vit.` + lan_model.bert, tacl, decoder_*, Vmask_token). For the converter and TACL
-parity tests and the parameter-count check; imports torch (and, for `MARTRef`, transformers):
-the test extras, so the library never imports this module.
+wrapper (`vit.` + lan_model.bert, tacl, decoder_*, Vmask_token). For the converter, stage-1
+and TACL parity tests and the parameter-count check; imports torch (and, for `MARTRef`,
+transformers): the test extras, so the library never imports this module. It defines no
+`versus` hooks (versus_batch / versus_reference) yet.
 
 Every size is a constructor argument; the defaults are the release's (ViT-B at 112 px and 16
 frames, AST on 100-frame x 128-bin fbank segments, 32 bottleneck tokens in the last 4 blocks,
@@ -418,15 +419,15 @@ class MARTRef(nn.Module):
             self.vit.v_fc(self.vit.segment_mean(fv_c.mean(dim=1), ns, b)))
 
   def forward(self, visual, audio, ids, mask, lamb=0.9):
-    """Stage 1 without the losses: -> TACL's outputs, intra [N, Nv], score (lamb * intra +
-    (1 - lamb) * inter, AttMask's input), logits_a / logits_v [B, C] (forward_c) and the
-    reconstruction [N, Nv, pixels] under the given mask."""
+    """Stage 1 without the losses: -> TACL's outputs (its heads: logits_v / logits_a), intra
+    [N, Nv], score (lamb * intra + (1 - lamb) * inter, AttMask's input), output_a / output_v
+    [B, C] (the MBT heads, forward_c) and the reconstruction [N, Nv, pixels] under `mask`."""
     x, y, ns, b = self.vit.clips(visual, audio)
     fv, fa, w = self.vit.bottleneck_fusion(x, y)
     fl = self.lan_model(ids)["embeddings"]
     intra = w[:, :, :1, 1:].mean(dim=1).mean(dim=1)
     out = self.tacl(fv[:, 1:], fa[:, 2:], fl, ns)
-    logits_a, logits_v = self.forward_c(fv[:, :1], fa[:, :2], ns, b)
+    output_a, output_v = self.forward_c(fv[:, :1], fa[:, :2], ns, b)
     return dict(out, intra=intra, score=lamb * intra + (1 - lamb) * out["inter_attention"],
-                logits_a=logits_a, logits_v=logits_v,
+                output_a=output_a, output_v=output_v,
                 reconstruction=self.forward_d_att(fv[:, 1:], mask))
