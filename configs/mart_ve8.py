@@ -140,8 +140,9 @@ def _synthetic(c):
   m.decoder = dict(width=32, depth=2, num_heads=4, mlp_dim=64)
   m.tacl_heads = 4
   c.text.max_len = 24
+  d.synthetic.update(num_train_per_class=40, num_test_per_class=20)  # + a pool of 1,600
   c.batch_size, c.grad_accum_steps, c.eval_batch_size = 16, 1, 16
-  steps_per_epoch = 640 // 16
+  steps_per_epoch = 320 // 16
   # Stage 1 on the unlabelled pool (5x the train split), then fine-tuning on the train split.
   c.pretrain.update(steps=5 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                     data="unlabelled")
