@@ -66,6 +66,8 @@ class Evaluator:
 def from_config(config) -> list[Evaluator]:
   """The run's evaluators; a UserError naming the entry for an unknown type or bad cadence."""
   entries = config.get("evals", None)
+  if not entries and config.get("no_eval", False):
+    return []  # label-free runs (e.g. configs/mart_pretrain.py): nothing to evaluate
   if not entries:
     raise UserError("config.evals is empty: list at least one evaluator, e.g. "
                     "config.evals.eval = dict(type='classification')")

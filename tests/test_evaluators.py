@@ -30,6 +30,8 @@ def test_empty_evals_and_negative_cadence_are_errors():
   c.evals = {}
   with pytest.raises(UserError, match="config.evals is empty"):
     evaluators.from_config(c)
+  c.no_eval = True  # label-free runs (configs/mart_pretrain.py) say so explicitly
+  assert evaluators.from_config(c) == []
 
 
 def test_cadences_and_prefixes_in_metrics(tmp_path):

@@ -229,13 +229,14 @@ class MartTransform(grain.transforms.RandomMap):
     return self.random_map(element, rng if rng is not None else np.random.default_rng(0))
 
 
-# ----------------------------------------------------------------------------- pipelines
+# ----------------------------------------------------------------------------- preparation
 
 
 def prepare(config) -> None:
   """Generates (synthetic names) and extracts the dataset once, and the unlabelled pool when
   stage 1 reads it; process 0 only."""
-  families.prepare(video_emotion.FAMILY, config.dataset)
+  if _reads_labelled(config):
+    families.prepare(video_emotion.FAMILY, config.dataset)
   if _reads_pool(config):
     _pool_builder(config, build=True)
 
@@ -246,6 +247,12 @@ def prepare(config) -> None:
 def _reads_pool(config) -> bool:
   p = config.get("pretrain", None)
   return p is not None and p.get("data", "labelled") == "unlabelled" and int(p.steps) > 0
+
+
+def _reads_labelled(config) -> bool:
+  """False for label-free pretraining (stage 1 only, on the pool, no evaluation)."""
+  only_pool = _reads_pool(config) and int(config.pretrain.steps) >= int(config.total_steps)
+  return not (only_pool and config.get("no_eval", False))
 
 
 def pool_dir(config) -> str:
@@ -302,67 +309,6 @@ def pool_source(config):
 # ----------------------------------------------------------------------------- pipelines
 
 
-def prepare(config) -> None:
-  """Generates (synthetic names) and extracts the dataset once, and the unlabelled pool when
-  stage 1 reads it; process 0 only."""
-  families.prepare(video_emotion.FAMILY, config.dataset)
-  if _reads_pool(config):
-    _pool_builder(config, build=True)
-
-
-# ----------------------------------------------------------------------------- unlabelled pool
-
-
-def _reads_pool(config) -> bool:
-  p = config.get("pretrain", None)
-  return p is not None and p.get("data", "labelled") == "unlabelled" and int(p.steps) > 0
-
-
-def pool_dir(config) -> str:
-  """The unlabelled videos: `pretrain.corpus_dir`, else the synthetic generator's pool
-  (<raw folder>/unlabelled)."""
-  corpus = str(config.pretrain.get("corpus_dir", "") or "")
-  if corpus:
-    return os.path.expanduser(corpus)
-  return os.path.join(families.raw_dir(video_emotion.FAMILY, config.dataset), "unlabelled")
-
-
-def _pool_builder(config, *, build: bool):
-  """The video_corpus build of the pool with the labelled set's extraction settings (relative
-  vocab / lexicon paths name files of the labelled raw folder)."""
-  from data_pipelines.builders import video_corpus  # deferred: tensorflow_datasets
-  ds = config.dataset
-  ex = ds.extraction
-  raw = families.raw_dir(video_emotion.FAMILY, ds)
-  resolve = lambda f: (f if not f or os.path.isabs(f) else os.path.join(raw, f))
-  root = pool_dir(config)
-  if not os.path.isdir(root):
-    raise PathNotFound(f"pretrain.corpus_dir: {root} does not exist (pretrain.data="
-                       f"'unlabelled' reads videos there)")
-  options = dict(fps=float(ex.fps) or None, frame_short_side=ex.get("frame_short_side"),
-                 max_frames=ex.get("max_frames"), fbank_bins=int(ex.fbank_bins),
-                 subtitles_vocab=resolve(str(ex.subtitles_vocab)),
-                 lexicon=resolve(str(ex.get("lexicon", ""))),
-                 no_audio_policy=str(ex.get("no_audio_policy", "zeros")))
-  data = os.path.join(os.path.expanduser(ds.data_dir), "tfds",
-                      "corpus_" + os.path.basename(os.path.normpath(root)) + "_"
-                      + f"{zlib.crc32(os.path.abspath(root).encode()):08x}")
-  try:
-    return video_corpus.build_video_corpus(root, data, options, build=build,
-                                           num_shards=max(1, int(config.pretrain.get(
-                                               "corpus_shards", 0))) or None)
-  except (video_corpus.CorpusError, FileNotFoundError) as e:
-    raise UserError(f"pretrain.corpus_dir {root}: {e}") from None
-
-
-def pool_source(config):
-  """Random access to the pool's records (the video_corpus builder's features; no labels)."""
-  from jaxaffect.data import sources  # the shard checks every split goes through
-  return sources.open_split(config.dataset, "train", os.path.dirname(
-      os.fspath(_pool_builder(config, build=False).data_dir)),
-      lambda: _pool_builder(config, build=False), "build it (prepare_data)")
-
-
 def _worker_init(worker_index: int, worker_count: int) -> None:
   del worker_index, worker_count
   pipeline.limit_blas_threads(1)
@@ -376,13 +322,15 @@ def train_iterator(config, *, seed: int, global_batch_size: int, process_index: 
   dataset's train split (any random-access source of builder records)."""
   cfg = data_config(config, train=True)
   ds = config.dataset
-  if source is None:
+  shuffled = lambda src, s: grain.MapDataset.source(src).seed(s).shuffle().repeat(None)
+  if source is None and not _reads_labelled(config):
+    source = pool_source(config)  # label-free pretraining: the pool is the train split
+  elif source is None:
     source = families.open_source(video_emotion.FAMILY, ds, "train")
   if len(source) == 0:
     raise UserError(f"dataset {ds.name}: the train split is empty")
-  shuffled = lambda src, s: grain.MapDataset.source(src).seed(s).shuffle().repeat(None)
   stream = shuffled(source, seed)
-  if _reads_pool(config):
+  if _reads_pool(config) and _reads_labelled(config):
     # Stage 1 reads the pool, stage 2 the train split: one finite stream, pool examples first,
     # exactly pretrain.steps global batches of them, so a resumed iterator lands in the right
     # part (grain's iterator state is the position in this stream).
