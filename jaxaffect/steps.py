@@ -336,9 +336,12 @@ def _box_like_params(opt_state, boxed_params):
       leaves = params_struct.flatten_up_to(node)
     except (ValueError, TypeError):
       leaves = None
-    if leaves is not None and all(hasattr(l, "shape") for l in leaves):
-      boxed = [b.replace_boxed(l) if isinstance(b, nn.Partitioned) and l.shape == b.value.shape
-               else l for b, l in zip(boxes, leaves)]
+    # optax.multi_transform (frozen parameters) leaves MaskedNode where a group has no slot;
+    # without this, one frozen parameter left every Adam moment replicated on every device.
+    if leaves is not None and all(hasattr(l, "shape") or isinstance(l, optax.MaskedNode)
+                                  for l in leaves):
+      boxed = [b.replace_boxed(l) if isinstance(b, nn.Partitioned) and hasattr(l, "shape")
+               and l.shape == b.value.shape else l for b, l in zip(boxes, leaves)]
       return params_struct.unflatten(boxed)
     if isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
       return type(node)(visit(c) for c in node)

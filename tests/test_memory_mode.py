@@ -36,6 +36,17 @@ def test_fsdp_divides_the_state_and_not_the_temporaries_grow():
   assert eight["temp_bytes_per_device"] <= one["temp_bytes_per_device"]
 
 
+def test_frozen_parameters_keep_the_optimizer_state_sharded():
+  """optax.multi_transform puts MaskedNode where a group has no slot; the moments of the
+  trained parameters must still follow their parameters' shardings (they were replicated)."""
+  c = _transformer_config(fsdp=8, data=1)
+  c.frozen_params = ("Dense_0/.*",)
+  frozen = memory.run(c)
+  free = memory.run(_transformer_config(fsdp=8, data=1))
+  assert frozen["opt_state_bytes_per_device"] <= free["opt_state_bytes_per_device"]
+  assert frozen["opt_state_bytes_per_device"] < 1.1 * 2 * frozen["params_bytes_per_device"]
+
+
 def test_memory_mode_cli_last_line():
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   r = subprocess.run([sys.executable, "-m", "jaxaffect.main", "--config", "tests/configs/toy.py",
