@@ -21,7 +21,8 @@ segment (text.source: raw, emotion_words or both; the release appends two and cr
 test split but never selects a checkpoint on it (defect 5); loss.cpc_sign=+1 keeps the
 release's sign (MMIM's is -1). Pretrained backbones: VideoMAE ViT-B (K400), AST (AudioSet
 0.4593) and bert-base-uncased go in with --config.init_from (converters: README). Not in this
-port yet: loss.distribution (the paper's temporal emotion-distribution target).
+port: loss.distribution=True adds the paper's temporal emotion-distribution target as a
+documented reconstruction (README, "MART"; off by default and in :released, needs a lexicon).
 """
 from jaxaffect import config_lib
 
@@ -109,7 +110,7 @@ def get_config(arg=None):
   c.mask = dict(intra_weight=0.9, clip_prob=0.5, hint_pool=0.1, hint_ratio=0.1, ratio_base=0.1,
                 ratio_slope=0.8, ratio_cap=0.5, schedule_epochs=100)
   c.loss = dict(pcce_lambda=0.5, rec_weight=0.05, comp_weight=1.0, cls_weight=1.0,
-                cls_c_weight=1.0, dist_weight=0.0, cpc_sign=1.0, distribution=False)
+                cls_c_weight=1.0, dist_weight=1.0, cpc_sign=1.0, distribution=False)
 
   if a.released:
     c.frozen_params = c.frozen_params + RELEASED_FROZEN

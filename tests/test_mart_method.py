@@ -136,10 +136,49 @@ def test_unlabelled_examples_count_in_reconstruction_and_cpc_only(smoke_run):
   assert float(none["loss_rec"]) > 0 and float(none["loss_comp"]) != 0
   # Two of four labelled: the classification terms are those of the labelled two alone.
   half = loss(dict(b, label=b["label"].at[2:].set(-1)))
-  two = loss({k: v[:2] for k, v in b.items()})
+  two = loss({k: jnp.concatenate([v[:2]] * 2) for k, v in b.items()})  # same size: no compile
   np.testing.assert_allclose(float(half["loss_cls"]), float(two["loss_cls"]), rtol=1e-5)
   np.testing.assert_allclose(float(half["loss_cls_c"]), float(two["loss_cls_c"]), rtol=1e-5)
   c2 = _config()
   c2.pretrain.data = "bogus"
   with pytest.raises(UserError, match="pretrain.data='bogus'"):
     get_method(c2)
+
+
+def test_distribution_target_kl_and_its_term():
+  from jaxaffect.methods.mart import method as mart_method
+  r = np.random.default_rng(0)
+  logits = r.standard_normal((6, 8)).astype(np.float32)
+  p = r.random((6, 8)) * (r.random((6, 8)) > 0.5)
+  p = (p / np.maximum(p.sum(-1, keepdims=True), 1e-9)).astype(np.float32)
+  valid = p.sum(-1) > 0
+  q = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  kl = [np.sum(np.where(pi > 0, pi * np.log(np.where(pi > 0, pi, 1) / qi), 0))
+        for pi, qi in zip(p, q)]
+  want = np.sum(np.array(kl) * valid) / max(valid.sum(), 1)
+  got = mart_method._mood_kl(jnp.asarray(logits), jnp.asarray(p.reshape(2, 3, 8)),
+                             jnp.asarray(valid.reshape(2, 3)))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  c = _config()
+  c.loss.distribution = True
+  c.dataset.extraction.lexicon = ""
+  with pytest.raises(UserError, match="loss.distribution=True needs mood tags"):
+    get_method(c)
+  c.dataset.extraction.lexicon = "lexicon.tsv"
+  m = get_method(c)
+  b = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in m.example_batch(2).items()}
+  assert b["mood"].shape == (2, c.dataset.num_segments, 8) and "mood_valid" in b
+  # Traced, not compiled: the head exists and its term reaches the loss.
+  v = jax.eval_shape(m.init_variables, jax.random.key(0), b)
+  assert v["params"]["mood_head"]["kernel"].value.shape[-1] == 8
+  seen = {}
+
+  def kl(logits, target, valid):
+    seen["logits"] = logits.shape
+    return jnp.zeros((), jnp.float32)
+
+  import unittest.mock
+  with unittest.mock.patch.object(mart_method, "_mood_kl", kl):
+    jax.eval_shape(lambda p, bb: m._stage1(p, bb, jax.random.key(0), jnp.zeros((), jnp.int32)),
+                   v["params"], b)
+  assert seen["logits"] == (2 * c.dataset.num_segments, 8)

@@ -3,6 +3,8 @@ and subtitles, then supervised fine-tuning; both stages are one run.
 
 Steps [0, pretrain.steps) are stage 1 (pretrain_model.MART.pretrain):
   L = rec_weight * L_rec + comp_weight * L_comp + cls_weight * L_cls + cls_c_weight * L_cls_c
+      + dist_weight * L_dist (loss.distribution: the reconstructed temporal emotion
+      distribution, KL from each segment's lexicon mood histogram to a head on its masked video)
   L_rec: MSE to the normalised tubelet pixels over the masked patches; L_comp: TACL's CPC term
   times loss.cpc_sign (+1 as released, -1 as MMIM); L_cls: PCCE of the audio head plus PCCE of
   the video head (each on segment means); L_cls_c: the same over TACL's two heads. Examples
@@ -33,7 +35,18 @@ from jaxaffect.nn.losses import pcce_loss
 
 TEXT_SOURCES = ("raw", "emotion_words", "both")
 PRETRAIN_DATA = ("labelled", "unlabelled")
+NUM_MOODS = 8  # the Hourglass moods of data_pipelines/text.py
 STAGE1_TERMS = ("rec", "comp", "cls", "cls_c", "dist")
+
+
+def _mood_kl(logits, target, valid):
+  """loss.distribution: KL(p_s || softmax(logits_s)) per segment s with a mood histogram
+  (valid), averaged over those; p is the lexicon's |polarity|-weighted mood histogram."""
+  p = target.reshape(-1, target.shape[-1]).astype(jnp.float32)
+  log_q = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-12)) - log_q), 0.0), axis=-1)
+  v = valid.reshape(-1).astype(jnp.float32)
+  return jnp.sum(kl * v) / jnp.maximum(jnp.sum(v), 1.0)
 
 
 def _top1(logits, labels):
@@ -53,9 +66,10 @@ class Method(base.Method):
     if not 0 <= self.stage1_steps:
       raise UserError(f"config.pretrain.steps must be >= 0, got {self.stage1_steps}")
     config_lib.check_choice("pretrain.data", c.pretrain.data, PRETRAIN_DATA)
-    if bool(c.loss.get("distribution", False)):
-      raise UserError("config.loss.distribution=True: the temporal emotion-distribution "
-                      "target is not implemented yet (README, MART)")
+    self.distribution = bool(c.loss.get("distribution", False))
+    if self.distribution and not ds.extraction.get("lexicon", ""):
+      raise UserError("config.loss.distribution=True needs mood tags: set "
+                      "dataset.extraction.lexicon (a lexicon file, README 'Data')")
     dtype = jnp.dtype(m.get("dtype", "float32"))
     common = dict(scan=bool(m.scan), remat_policy=str(m.remat_policy))
     mbt = dict(hidden_size=int(m.hidden_size), num_heads=int(m.num_heads),
@@ -76,7 +90,8 @@ class Method(base.Method):
                 tacl_drop_path=float(m.tacl_drop_path),
                 legacy_unmasked_pooling=bool(m.legacy_unmasked_pooling),
                 intra_weight=float(mk.intra_weight), mask_clip_prob=float(mk.clip_prob),
-                hint_pool=float(mk.hint_pool), hint_ratio=float(mk.hint_ratio), dtype=dtype)
+                hint_pool=float(mk.hint_pool), hint_ratio=float(mk.hint_ratio),
+                num_moods=NUM_MOODS if self.distribution else 0, dtype=dtype)
 
   @property
   def polarity(self) -> np.ndarray:
@@ -94,6 +109,9 @@ class Method(base.Method):
         "text_mask": np.zeros((batch_size, s, length), bool),
         "label": np.zeros((batch_size,), np.int32),  # -1: unlabelled
     }
+    if self.distribution:
+      batch["mood"] = np.zeros((batch_size, s, NUM_MOODS), np.float32)
+      batch["mood_valid"] = np.zeros((batch_size, s), bool)
     return batch
 
   def init_variables(self, rng, batch):
@@ -141,7 +159,8 @@ class Method(base.Method):
     terms["cls_c"] = (self._pcce(tacl["logits_v"], labels)
                       + self._pcce(tacl["logits_a"], labels))
     top1 = _top1(out["logits_a_stage1"] + out["logits_v_stage1"], labels)
-    terms["dist"] = zero
+    terms["dist"] = (_mood_kl(out["mood_logits"], batch["mood"], batch["mood_valid"])
+                     if self.distribution else zero)
     loss = sum(float(lc[f"{k}_weight"]) * terms[k] for k in STAGE1_TERMS)
     metrics = {f"loss_{k}": terms[k] for k in STAGE1_TERMS}
     metrics.update(top1=top1, masked_fraction=jnp.mean(out["mask"].astype(jnp.float32)),

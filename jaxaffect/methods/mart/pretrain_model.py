@@ -15,7 +15,9 @@ batch B with Ns segments (rows are clips, video-major: row = b * Ns + s):
      normalised pixels.
 Returned: the MBT outputs, the TACL outputs, "mask" [B*Ns, Nv] bool, "reconstruction"
 [B*Ns, Nv, tubelet pixels], "logits_a_stage1"/"logits_v_stage1" [B, C] (the heads on the
-segment-mean of the normed audio CLS/DIST and of the RAW video CLS, as MART.forward_c does).
+segment-mean of the normed audio CLS/DIST and of the RAW video CLS, as MART.forward_c does),
+and with num_moods "mood_logits" [B*Ns, num_moods]: a linear head on the mean of the masked
+patch tokens (the decoder's input), for loss.distribution (not in the release; README).
 
 Parameters: mbt (model.MBT), text (encoders.BertEncoder), tacl (tacl.TACL), mask_token
 [1, 1, E] (the release's Vmask_token), decoder (decoder.MAEDecoder). Stage 2 trains mbt only
@@ -35,6 +37,7 @@ from jaxaffect.methods.mart.decoder import MAEDecoder, apply_mask_token
 from jaxaffect.methods.mart.encoders import BertEncoder
 from jaxaffect.methods.mart.model import MBT, segment_mean
 from jaxaffect.methods.mart.tacl import TACL
+from jaxaffect.nn.transformer_parts import Linear
 
 Array = jax.Array
 
@@ -53,6 +56,7 @@ class MART(nn.Module):
   mask_clip_prob: float = 0.5
   hint_pool: float = 0.1
   hint_ratio: float = 0.1  # hints = floor(hint_ratio * ratio * n)
+  num_moods: int = 0  # > 0: the mood head of loss.distribution (8 Hourglass moods)
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -67,6 +71,8 @@ class MART(nn.Module):
     self.mask_token = self.param(
         "mask_token", nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
                                                    (None, None, "embed")), (1, 1, e), jnp.float32)
+    if self.num_moods:
+      self.mood_head = Linear((self.num_moods,), ("embed", None), dtype=jnp.float32)
     self.decoder = MAEDecoder(num_tokens=self.num_patches, out_dim=t * p * p * 3,
                               dtype=self.dtype, **dict(self.decoder_kwargs or {}))
 
@@ -102,6 +108,8 @@ class MART(nn.Module):
     out.update({f"tacl_{k}": v for k, v in tacl.items()})
     out["mask"] = mask
     out["reconstruction"] = self.decoder(tokens, train=train)
+    if self.num_moods:  # the segment's mood distribution, read from its masked video
+      out["mood_logits"] = self.mood_head(jnp.mean(tokens.astype(jnp.float32), axis=1))
     out["logits_a_stage1"] = segment_mean(out["logits_a"], ns)
     out["logits_v_stage1"] = segment_mean(out["logits_v_raw_cls"], ns)
     return out
