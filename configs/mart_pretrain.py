@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.loss.update(cls_weight=0.0, cls_c_weight=0.0)
   c.ema.update(decay=0.0, start_step=0)
   c.frozen_params = ("mbt/audio/.*",)
-  c.no_eval = True
+  c.no_eval = True  # and eval_batch_size (unused) only has to divide the mesh like the batch
   c.evals = {}
   c.optimizer.update(name="adamw", learning_rate=2.7e-4, weight_decay=0.05)
   c.schedule.update(name="cosine", warmup_steps=1000 if not a.smoke else 0)
@@ -64,4 +64,5 @@ def get_config(arg=None):
     c.batch_size = 1024
     c.optimizer.learning_rate = 5.3e-4
     c.schedule.warmup_steps = 2000
+  c.eval_batch_size = c.batch_size
   return c

@@ -77,6 +77,9 @@ DEFAULT_SHARDING_RULES = (
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
+    # A bias over MLP hidden units (nn/transformer_parts.BIAS_AXES): split like its kernel's
+    # columns and, having no embed axis, over FSDP as well.
+    ("mlp_bias", ("tensor", "fsdp")),
 )
 
 
