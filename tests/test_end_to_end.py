@@ -1,5 +1,5 @@
-"""The demo's smoke variant as a user runs it: sharded == single device, kill -9 and resume is
-bit-exact, configs load (two processes: test_multiprocess.py)."""
+"""The demo's smoke variant as a user runs it: kill -9 and resume is bit-exact, configs load
+(sharded == single device: test_demo_sharded.py; two processes: test_multiprocess.py)."""
 import glob
 import json
 import os
@@ -8,13 +8,9 @@ import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from jaxaffect import config_lib
-from jaxaffect import method as methods
-import toy_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("seed", "total_steps", "batch_size", "mesh.data", "mesh.fsdp", "mesh.tensor",
@@ -45,17 +41,6 @@ def test_every_config_and_variant_loads_with_required_keys(path):
       node = c
       for part in key.split("."):
         node = node[part]
-
-
-def test_demo_smoke_sharded_equals_single_device(data_dir):
-  c = _config(data_dir)
-  method = methods.get_method(c)
-  method.prepare_data()
-  ref, _, start = toy_method.train_losses(method, c, jax.devices()[:1])
-  # One mesh with every axis split (the toy and transformer tests cover more mesh shapes).
-  c.mesh.update(dict(data=2, fsdp=2, tensor=2))
-  got, _, _ = toy_method.train_losses(methods.get_method(c), c, jax.devices(), start=start)
-  np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
 def _env():

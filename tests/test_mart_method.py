@@ -143,6 +143,10 @@ def test_unlabelled_examples_count_in_reconstruction_and_cpc_only(smoke_run):
   c2.pretrain.data = "bogus"
   with pytest.raises(UserError, match="pretrain.data='bogus'"):
     get_method(c2)
+  c3 = _config()
+  c3.pretrain.steps = 0  # fine-tuning only, the EMA still set to start after stage 1
+  with pytest.raises(UserError, match="ema.start_step=2 but pretrain.steps=0"):
+    get_method(c3)
 
 
 def test_distribution_target_kl_and_its_term():

@@ -66,6 +66,11 @@ class Method(base.Method):
     if not 0 <= self.stage1_steps:
       raise UserError(f"config.pretrain.steps must be >= 0, got {self.stage1_steps}")
     config_lib.check_choice("pretrain.data", c.pretrain.data, PRETRAIN_DATA)
+    ema = c.get("ema", None)
+    if ema is not None and float(ema.decay) > 0 and int(ema.start_step) != self.stage1_steps:
+      raise UserError(f"config.ema.start_step={ema.start_step} but pretrain.steps="
+                      f"{self.stage1_steps}: MART's EMA starts with stage 2; set "
+                      f"--config.ema.start_step={self.stage1_steps}")
     self.distribution = bool(c.loss.get("distribution", False))
     if self.distribution and not ds.extraction.get("lexicon", ""):
       raise UserError("config.loss.distribution=True needs mood tags: set "
