@@ -27,6 +27,7 @@ the widths, depths and class count are checked against the keys' shapes.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,10 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect import config_lib
+from jaxaffect.convert import keymap, torch_pickle
 from jaxaffect.convert.converters import Converted, abstract_variables, state_dict_of, unbox
 from jaxaffect.convert.keymap import ConversionError
-from jaxaffect.methods.mart.encoders import BertEncoder
-from jaxaffect.methods.mart.hf_convert import BERT_RULE, Part, _map, _unscanned, bert_drop
+from jaxaffect.methods.mart.encoders import BertEncoder, ast_grid
+from jaxaffect.methods.mart.hf_convert import (_BERT_V4, BERT_RULE, Part, _map, _normalise,
+                                               _unscanned, bert_drop, crop_ast_positions)
 from jaxaffect.methods.mart.method import Method
 from jaxaffect.methods.mart.model import MBT
 from jaxaffect.nn.transformer import stack_layers
@@ -251,8 +254,175 @@ def mart(obj: Any, config, *, source: str = "checkpoint") -> Converted:
                    used, dropped, info)
 
 
+# --- the public backbones the release starts from (`mart-backbones`) -------------------------
+
+_VIDEOMAE_PREFIXES = ("encoder.", "backbone.")  # stripped, as the release's loader does
+_VIDEOMAE_DROP = {
+    r"vid_model\.norm\.(weight|bias)": "VideoMAE's final norm (MART pools through fc_norm)",
+    r"vid_model\.pos_embed": "fixed sin-cos table (recomputed by the model)",
+    r"vid_model\.(decoder\..*|encoder_to_decoder\..*|mask_token)":
+        "VideoMAE's pretraining decoder (not an encoder weight)"}
+# Released MBT keys no backbone file holds: left to the model's init when absent.
+_NOT_IN_BACKBONES = {
+    r"vid_model\.cls_token": "not in the file (VideoMAE has no CLS token; the release copies "
+                             "DeiT's)",
+    r"vid_model\.fc_norm\.(weight|bias)": "not in the file (a pretraining VideoMAE has no fc_norm)",
+    r"bottleneck": "MBT's fusion bottleneck tokens", r"[av]_fc\.(weight|bias)": "MBT's heads"}
+_NOT_IN_FILES = {"params/tacl": "TACL block", "params/decoder": "reconstruction decoder",
+                 "params/mask_token": "mask token"}
+
+
+def _tensors(obj: Any, source: str) -> dict[str, np.ndarray]:
+  """The state dict of a backbone file, unwrapped from "model" / "module" / "state_dict"."""
+  while isinstance(obj, Mapping) and not any(isinstance(v, np.ndarray) for v in obj.values()):
+    inner = next((k for k in ("model", "module", "state_dict") if k in obj), None)
+    if inner is None:
+      break
+    obj = obj[inner]
+  if not isinstance(obj, Mapping) or not obj:
+    raise ConversionError(f"{source}: no state_dict found (got {type(obj).__name__})")
+  bad = [str(k) for k, v in obj.items() if not isinstance(v, np.ndarray)]
+  if bad:
+    raise ConversionError(f"{source}: entries that are not tensors: {bad[:5]}")
+  return dict(obj)
+
+
+def _reprefix(sd: dict, strip: tuple[str, ...], prefix: str):
+  """(state dict with `strip` prefixes replaced by `prefix`, its key -> the file's key)."""
+  out, origin = {}, {}
+  for k, v in sd.items():
+    nk = prefix + next((k[len(p):] for p in strip if k.startswith(p)), k)
+    if nk in out:
+      raise ConversionError(f"key {k} duplicates {origin[nk]} once its prefix is stripped")
+    out[nk], origin[nk] = v, k
+  return out, origin
+
+
+def _one_line(fn, *args, **kwargs):
+  """_map with its report joined onto one line."""
+  try:
+    return fn(*args, **kwargs)
+  except ConversionError as e:
+    raise ConversionError("; ".join(x.strip() for x in str(e).splitlines())) from None
+
+
+def _strict_map(sd, origin, abstract, rule, *, source, file_key, drop, special=None):
+  """`_map` of one file, a missing key reported on one line under the file's own name."""
+  flat = keymap.flatten({"params": abstract})
+  missing = []
+  for path in flat:
+    key = rule(path[1:])
+    key = key.key if isinstance(key, Part) else key
+    if key not in sd:
+      missing.append((file_key(key), "/".join(path)))
+  if missing:
+    (key, path), more = missing[0], len({k for k, _ in missing}) - 1
+    raise ConversionError(f"{source}: missing key {key} (for {path})"
+                          + (f" and {more} more" if more else ""))
+  return _one_line(_map, sd, origin, abstract, rule, drop=drop, source=source, special=special)
+
+
+def _load_bert(path: str) -> dict[str, np.ndarray]:
+  """A transformers BERT state dict: DIR (model.safetensors or pytorch_model.bin) or a file."""
+  try:
+    import safetensors.numpy as st
+  except ImportError:
+    st = None
+  if os.path.isdir(path):
+    names = (["model.safetensors"] if st else []) + ["pytorch_model.bin"]
+    found = [os.path.join(path, n) for n in names if os.path.exists(os.path.join(path, n))]
+    if not found:
+      raise ConversionError(f"{path}: no {' or '.join(names)} in the directory")
+    path = found[0]
+  if path.endswith(".safetensors"):
+    if st is None:
+      raise ConversionError(f"{path}: reading .safetensors needs the safetensors package")
+    return st.load_file(path)
+  return _tensors(torch_pickle.load(path), path)
+
+
+def mart_backbones(videomae: Any, ast: Any, config, *, bert: Mapping[str, Any] | None = None,
+                   sources: Mapping[str, str] | None = None) -> Converted:
+  """The public VideoMAE and AST (AudioSet) files, and optionally BERT, -> params/mbt (and
+  params/text) of the MART `config` builds, through the released MBT mapping (VideoMAE `X` ->
+  `vid_model.X`, AST `[module.]v.X` -> `ast_model.v.X`). What no file holds (the video CLS
+  token, bottleneck, v_fc, a_fc, fc_norm when absent) is left to the model's init (keep_init);
+  TACL, decoder, mask token (and text without BERT) are not covered."""
+  src = {"videomae": "videomae", "ast": "ast", "bert": "bert", **dict(sources or {})}
+  abstract, model = mart_abstract(config)
+  mbt_model = MBT(num_classes=model.num_classes, **dict(model.mbt_kwargs or {}))
+  rule = mbt_rule(mbt_model)
+  vraw = _tensors(videomae, src["videomae"])
+  vsd, vorigin = _reprefix(vraw, _VIDEOMAE_PREFIXES, "vid_model.")
+  vstrip = next((p for p in _VIDEOMAE_PREFIXES if any(k.startswith(p) for k in vraw)), "")
+  araw = _tensors(ast, src["ast"])
+  astrip = "module." if any(k.startswith("module.") for k in araw) else ""
+  asd, aorigin = _reprefix(araw, ("module.",), "ast_model.")
+
+  # Each leaf of MBT goes to the file its released key names, or to keep_init.
+  parts: dict[str, dict] = {"video": {}, "audio": {}}
+  keep_init, not_in = [], {}
+  for path, spec in keymap.flatten({"params": abstract["mbt"]}).items():
+    key = rule(path[1:])
+    key = key.key if isinstance(key, Part) else key
+    why = next((w for p, w in _NOT_IN_BACKBONES.items() if re.fullmatch(p, key)), None)
+    if why and key not in vsd:
+      name = "params/mbt/" + "/".join(path[1:])
+      keep_init.append(name)
+      not_in[name] = why
+    else:
+      parts["video" if key.startswith("vid_model.") else "audio"][path] = spec
+
+  grid = ast_grid(mbt_model.num_mel_bins, mbt_model.audio_frames)
+  info: dict[str, Any] = {"grid": grid}
+
+  def crop(arr, shape):
+    rows = arr.shape[1] - 2 if arr.ndim == 3 else -1
+    if rows < 0 or rows % grid[0]:
+      raise ConversionError(f"{src['ast']}: {astrip}v.pos_embed {arr.shape} is not [1, 2 + "
+                            f"{grid[0]} x T, E]")
+    info["ast_positions"] = f"{(grid[0], rows // grid[0])} -> {grid}"
+    return crop_ast_positions(arr, (grid[0], rows // grid[0]), grid)
+
+  drop = dict(_mbt_drop(""), **_VIDEOMAE_DROP)
+  vparams, vused, vdropped = _strict_map(
+      vsd, vorigin, keymap.unflatten(parts["video"])["params"], rule, source=src["videomae"],
+      file_key=lambda k: vstrip + k[len("vid_model."):], drop=drop)
+  aparams, aused, adropped = _strict_map(
+      asd, aorigin, keymap.unflatten(parts["audio"])["params"], rule, source=src["ast"],
+      file_key=lambda k: astrip + k[len("ast_model."):], drop=drop,
+      special={"ast_model.v.pos_embed": crop})
+  flat = {**keymap.flatten({"p": vparams}), **keymap.flatten({"p": aparams})}
+  params = {"mbt": keymap.unflatten(flat)["p"]}
+  used = {f"videomae:{k}": v for k, v in vused.items()}
+  used.update({f"ast:{k}": v for k, v in aused.items()})
+  dropped = {f"videomae:{k}": v for k, v in vdropped.items()}
+  dropped.update({f"ast:{k}": v for k, v in adropped.items()})
+
+  not_covered = dict(_NOT_IN_FILES)
+  if bert is not None:
+    bsd, borigin = _normalise(bert, "bert.", _BERT_V4)
+    tparams, tused, tdropped = _strict_map(
+        bsd, borigin, abstract["text"], BERT_RULE, source=src["bert"], file_key=lambda k: k,
+        drop=bert_drop(BertEncoder(**dict(model.text_kwargs or {}))))
+    params["text"] = tparams
+    used.update({f"bert:{k}": v for k, v in tused.items()})
+    dropped.update({f"bert:{k}": v for k, v in tdropped.items()})
+  else:
+    not_covered["params/text"] = "BERT (no --bert)"
+  if bool(config.model.scan):
+    params = _stack(params)
+  info.update(layout="public backbones (VideoMAE, AST AudioSet"
+                     + (", BERT)" if bert is not None else ")"),
+              scan=bool(config.model.scan), left_to_init=not_in,
+              not_covered_keep_init=not_covered)
+  return Converted("mart-backbones", {"params": params},
+                   [f"params/{t}" for t in sorted(params)], sorted(keep_init), used, dropped,
+                   info)
+
+
 def add_commands(sub, io_args) -> None:
-  """The `mart` subcommand of `python -m jaxaffect.convert`."""
+  """The `mart` and `mart-backbones` subcommands of `python -m jaxaffect.convert`."""
   m = sub.add_parser("mart", help="checkpoint of the released MART code (best.ckpt: the MBT; "
                                   "or the stage-1 wrapper) -> the MART model of --config")
   m.add_argument("--config", required=True,
@@ -261,3 +431,18 @@ def add_commands(sub, io_args) -> None:
   io_args(m)
   m.set_defaults(accepts_overrides=True, convert=lambda obj, args, overrides: mart(
       obj, config_lib.load(args.config, overrides), source=args.input))
+  b = sub.add_parser("mart-backbones", help="the public VideoMAE, AST (AudioSet) and optional "
+                                            "BERT files -> the MART model of --config")
+  b.add_argument("--config", required=True, help="config file[:arg], as for `mart`")
+  # dest="input": the CLI reads this file first (its object reaches the converter).
+  b.add_argument("--videomae", dest="input", required=True,
+                 help="VideoMAE ViT-B .pth (e.g. videomae_base_patch16_224.pth)")
+  b.add_argument("--ast", required=True, help="AST .pth (e.g. audioset_10_10_0.4593.pth)")
+  b.add_argument("--bert", default=None,
+                 help="transformers BERT: a directory or pytorch_model.bin / model.safetensors")
+  b.add_argument("out_dir", help="output directory (an Orbax params checkpoint)")
+  b.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+  b.set_defaults(accepts_overrides=True, convert=lambda obj, args, overrides: mart_backbones(
+      obj, torch_pickle.load(args.ast), config_lib.load(args.config, overrides),
+      bert=_load_bert(args.bert) if args.bert else None,
+      sources=dict(videomae=args.input, ast=args.ast, bert=args.bert or "bert")))
