@@ -321,6 +321,10 @@ def test_config_errors_name_the_key(config):
   bad.dataset.extraction.lexicon = ""
   with pytest.raises(UserError, match="lexicon"):
     md.data_config(bad, train=True)
+  bad = config.copy_and_resolve_references()
+  bad.model = dict(text=dict(vocab_size=3))  # ids past the embedding table
+  with pytest.raises(UserError, match="model.text.vocab_size=3 is smaller than"):
+    md.data_config(bad, train=True)
 
 
 def test_train_batches_do_not_depend_on_process_count(config):

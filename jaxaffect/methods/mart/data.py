@@ -109,6 +109,13 @@ def data_config(config, *, train: bool) -> MartDataConfig:
   if not os.path.isabs(vocab):
     vocab = os.path.join(families.raw_dir(video_emotion.FAMILY, ds), vocab)
   pad, cls, sep = special_ids(vocab)
+  with open(vocab, encoding="utf-8-sig") as f:
+    num_tokens = sum(1 for _ in f)
+  text_model = (config.get("model", None) or {}).get("text", None) or {}
+  model_vocab = int(text_model.get("vocab_size", num_tokens))
+  if num_tokens > model_vocab:  # an id past the embedding table would read garbage, silently
+    raise UserError(f"model.text.vocab_size={model_vocab} is smaller than {vocab}'s "
+                    f"{num_tokens} tokens")
   names = {f.name for f in dataclasses.fields(video_transforms.TransformConfig)}
   video = {k: ds[k] for k in names if k in ds}
   video["num_segments"] = int(ds.num_segments if train else ds.eval_num_segments)
