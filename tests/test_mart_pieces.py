@@ -191,3 +191,13 @@ def test_cpc_score_has_finite_gradients_at_zero_rows():
   valid = jnp.asarray([True, True, True, False])
   g = jax.grad(lambda a, b: losses.cpc_score(a, b, valid), argnums=(0, 1))(x.at[3].set(0.0), x_hat)
   assert all(np.isfinite(np.asarray(t)).all() for t in g)
+
+
+def test_reconstruction_targets_follow_the_patch_embedding_token_order():
+  """The decoder predicts token i's pixels, so patchify (the targets) must order tokens and
+  their pixels as PatchEmbed does: its output is patchify(x) @ kernel + bias."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 32, 32, 3)), jnp.float32)
+  embed = patches.PatchEmbed(8, (2, 16, 16))
+  v = nn.meta.unbox(embed.init(jax.random.key(0), x))["params"]
+  want = patches.patchify(x, (2, 16, 16)) @ v["kernel"].reshape(-1, 8) + v["bias"]
+  np.testing.assert_allclose(embed.apply({"params": v}, x), want, rtol=1e-5, atol=1e-5)
