@@ -52,6 +52,29 @@ def load_manifest(builder, how: str) -> dict:
     return json.load(f)
 
 
+NO_AUDIO_POLICIES = ("zeros", "skip")
+
+
+def check_video_settings(cfg, error: type[Exception]) -> None:
+  """The frame and audio extraction fields every video builder config has (fps,
+  frame_short_side, max_frames, no_audio_policy); `error` names the bad one."""
+  if cfg.no_audio_policy not in NO_AUDIO_POLICIES:
+    raise error(f"no_audio_policy must be one of {NO_AUDIO_POLICIES}, got {cfg.no_audio_policy!r}")
+  if cfg.fps is not None and cfg.fps <= 0:
+    raise error(f"fps must be positive or None, got {cfg.fps}")
+  for field in ("frame_short_side", "max_frames"):
+    value = getattr(cfg, field)
+    if value is not None and value < 1:
+      raise error(f"{field} must be >= 1 or None, got {value}")
+
+
+def name_number(v, none: str) -> str:
+  """A setting in a folder-safe config name: `none` for None, 0.5 -> "0p5"."""
+  if v is None:
+    return none
+  return (f"{v:g}" if isinstance(v, float) else str(v)).replace(".", "p")
+
+
 def limit_blas_threads():
   """Single-threaded BLAS for the MFCC mel projection, returned as a context manager.
 

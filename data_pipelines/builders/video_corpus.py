@@ -37,7 +37,7 @@ from data_pipelines.builders import common as builders_common
 from data_pipelines.builders import fbank_subtitles
 from data_pipelines.builders.emotion_splits import VIDEO_EXTENSIONS
 
-NO_AUDIO_POLICIES = ("zeros", "skip")
+NO_AUDIO_POLICIES = builders_common.NO_AUDIO_POLICIES
 SPLIT = "train"
 
 
@@ -62,15 +62,7 @@ class VideoCorpusConfig(tfds.core.BuilderConfig):
     return fbank_subtitles.Settings(self.fbank_bins, self.subtitles_vocab, self.lexicon)
 
   def __post_init__(self):
-    if self.no_audio_policy not in NO_AUDIO_POLICIES:
-      raise CorpusError(
-          f"no_audio_policy must be one of {NO_AUDIO_POLICIES}, got {self.no_audio_policy!r}")
-    if self.fps is not None and self.fps <= 0:
-      raise CorpusError(f"fps must be positive or None, got {self.fps}")
-    for field in ("frame_short_side", "max_frames"):
-      value = getattr(self, field)
-      if value is not None and value < 1:
-        raise CorpusError(f"{field} must be >= 1 or None, got {value}")
+    builders_common.check_video_settings(self, CorpusError)
     self.subtitles_vocab = os.fspath(self.subtitles_vocab or "")
     self.lexicon = os.fspath(self.lexicon or "")
     fbank_subtitles.check(self.extras, CorpusError)
@@ -80,10 +72,7 @@ class VideoCorpusConfig(tfds.core.BuilderConfig):
       self.description = "unlabelled videos: " + self.name
 
   def derived_name(self) -> str:
-    def num(v, none):
-      if v is None:
-        return none
-      return (f"{v:g}" if isinstance(v, float) else str(v)).replace(".", "p")
+    num = builders_common.name_number
     return "_".join([
         f"fps{num(self.fps, 'native')}", f"side{num(self.frame_short_side, 'orig')}",
         f"max{num(self.max_frames, 'all')}", f"noaudio-{self.no_audio_policy}",

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect.convert import keymap
@@ -86,6 +87,18 @@ def abstract_variables(model, *args, **kwargs) -> dict[str, Any]:
   v = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a, **kwargs), *args)
   v = unbox(dict(v))
   return {c: dict(v[c]) for c in ("params", "batch_stats") if c in v}
+
+
+def method_variables(method) -> dict[str, Any]:
+  """The (unboxed, abstract) variables a method's `init_variables` gives on a zero batch of one
+  example: the tree the trainer initialises, for converters that fill a whole model."""
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in method.example_batch(1).items()}
+
+  def init():
+    return method.init_variables(jax.random.key(0),
+                                 {k: jnp.zeros(s.shape, s.dtype) for k, s in batch.items()})
+
+  return unbox(dict(jax.eval_shape(init)))
 
 
 def _wrap(abstract: dict[str, Any], top: str) -> dict[str, Any]:

@@ -33,12 +33,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect import config_lib
 from jaxaffect.convert import keymap, torch_pickle
-from jaxaffect.convert.converters import Converted, abstract_variables, state_dict_of, unbox
+from jaxaffect.convert.converters import (Converted, abstract_variables, method_variables,
+                                          state_dict_of)
 from jaxaffect.convert.keymap import ConversionError
 from jaxaffect.methods.mart.encoders import BertEncoder, ast_grid
 from jaxaffect.methods.mart.hf_convert import (_BERT_V4, BERT_RULE, Part, _map, _normalise,
@@ -208,14 +208,7 @@ def mart_abstract(config):
   config = copy.deepcopy(config)
   config.model.scan = False
   method = Method(config)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-           for k, v in method.example_batch(1).items()}
-
-  def init():
-    return method.init_variables(jax.random.key(0),
-                                 {k: jnp.zeros(s.shape, s.dtype) for k, s in batch.items()})
-
-  return dict(unbox(dict(jax.eval_shape(init)))["params"]), method.model
+  return dict(method_variables(method)["params"]), method.model
 
 
 def mart(obj: Any, config, *, source: str = "checkpoint") -> Converted:

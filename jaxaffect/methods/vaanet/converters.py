@@ -11,12 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 
 from jaxaffect import config_lib
 from jaxaffect.convert import keymap
-from jaxaffect.convert.converters import Converted, state_dict_of, unbox
+from jaxaffect.convert.converters import Converted, method_variables, state_dict_of
 from jaxaffect.methods.vaanet.method import Method
 
 
@@ -27,15 +25,7 @@ def vaanet_abstract(config) -> dict[str, Any]:
     # feature cache takes visual_backbone, the trainer the rest).
     config = copy.deepcopy(config)
     config.model.visual_input = "frames"
-  method = Method(config)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-           for k, v in method.example_batch(1).items()}
-
-  def init():
-    return method.init_variables(jax.random.key(0),
-                                 {k: jnp.zeros(s.shape, s.dtype) for k, s in batch.items()})
-
-  v = unbox(dict(jax.eval_shape(init)))
+  v = method_variables(Method(config))
   return {c: dict(v[c]) for c in ("params", "batch_stats") if c in v}
 
 
