@@ -138,6 +138,25 @@ class _Layer(TransformerBlock):
                             positions=positions), None
 
 
+def repeat_layer(layer_cls, kwargs: dict, carry, extras, *, num_layers: int, scan: bool,
+                 policy: str, name: str):
+  """`num_layers` instances of `layer_cls(**kwargs)`, a (carry, extras) -> (carry, None)
+  module, applied in turn inside the calling module: one nn.scan (parameters `name/...` with
+  the "layers" axis, so FSDP gathers them per layer) or a loop (`name_0`, ...). Each is an
+  nn.remat with the named remat `policy`, "none" too: it is what keeps gathered weights out of the
+  residuals; prevent_cse only matters outside scan (a loop body is not CSE'd with its
+  transpose). Returns (carry, None)."""
+  layer = nn.remat(layer_cls, policy=remat_policy(policy), prevent_cse=not scan)
+  if scan:
+    layer = nn.scan(layer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                    length=num_layers, metadata_params={nn.PARTITION_NAME: sharding.LAYERS_AXIS})
+    return layer(name=name, **kwargs)(carry, extras)
+  for i in range(num_layers):
+    carry, _ = layer(name=f"{name}_{i}", **kwargs)(carry, extras)
+  return carry, None
+
+
 class TransformerStack(_BlockFields):
   """num_layers identical TransformerBlocks; __call__ as TransformerBlock's. A pre-LN stack
   returns the residual stream: the final norm belongs to the model (ViT's fc_norm, LLaMA's
@@ -149,20 +168,10 @@ class TransformerStack(_BlockFields):
   @nn.compact
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False, *,
                segment_ids: Array | None = None, positions: Array | None = None) -> Array:
-    # Always a remat, "none" too: it is what keeps gathered weights out of the residuals.
-    # prevent_cse only matters outside scan (a loop body is not CSE'd with its transpose).
-    layer = nn.remat(_Layer, policy=remat_policy(self.remat_policy), prevent_cse=not self.scan)
     kwargs = dict(self.block_fields(), deterministic=not train)
-    extras = (mask, segment_ids, positions)
-    if self.scan:
-      layer = nn.scan(layer, variable_axes={"params": 0},
-                      split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                      length=self.num_layers,
-                      metadata_params={nn.PARTITION_NAME: sharding.LAYERS_AXIS})
-      x, _ = layer(name="layers", **kwargs)(x, extras)
-    else:
-      for i in range(self.num_layers):
-        x, _ = layer(name=f"layers_{i}", **kwargs)(x, extras)
+    x, _ = repeat_layer(_Layer, kwargs, x, (mask, segment_ids, positions),
+                        num_layers=self.num_layers, scan=self.scan,
+                        policy=self.remat_policy, name="layers")
     return x
 
 

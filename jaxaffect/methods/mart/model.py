@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from jaxaffect import sharding
 from jaxaffect.methods.mart.encoders import AudioSpectrogramTransformer, VideoViT
-from jaxaffect.nn.transformer import TransformerBlock, remat_policy
+from jaxaffect.nn.transformer import TransformerBlock, repeat_layer
 from jaxaffect.nn.transformer_parts import LayerNorm, Linear
 
 Array = jax.Array
@@ -128,8 +128,6 @@ class MBT(nn.Module):
                 norm_position="pre", bias=bias, dtype=self.dtype)
 
   def _fuse(self, xv, xa, with_attention: bool, train: bool):
-    layer = nn.remat(_FusionLayer, policy=remat_policy(self.remat_policy),
-                     prevent_cse=not self.scan)
     kwargs = dict(video_fields=self._block_fields("qv"), audio_fields=self._block_fields("all"),
                   with_attention=with_attention, deterministic=not train)
     n = xv.shape[0]
@@ -137,15 +135,8 @@ class MBT(nn.Module):
                  self.bottleneck, (None, None, "embed"), jnp.float32),
                  (n,) + self.bottleneck.shape[1:]).astype(xv.dtype),
              jnp.zeros((n, xv.shape[1] - 1), jnp.float32))
-    if self.scan:
-      scanned = nn.scan(layer, variable_axes={"params": 0},
-                        split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
-                        length=self.fusion_layers,
-                        metadata_params={nn.PARTITION_NAME: sharding.LAYERS_AXIS})
-      carry, _ = scanned(name="fusion_layers", **kwargs)(carry, None)
-    else:
-      for i in range(self.fusion_layers):
-        carry, _ = layer(name=f"fusion_layers_{i}", **kwargs)(carry, None)
+    carry, _ = repeat_layer(_FusionLayer, kwargs, carry, None, num_layers=self.fusion_layers,
+                            scan=self.scan, policy=self.remat_policy, name="fusion_layers")
     return carry
 
   @nn.compact
