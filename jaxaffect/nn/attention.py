@@ -36,8 +36,6 @@ def cudnn_unfit_reason(dtype, head_dim: int, q_len: int, kv_len: int, masked: bo
     return f"cuDNN attention needs bfloat16 or float16, got {jnp.dtype(dtype).name}"
   if head_dim % 8 or head_dim > 128:  # 256 on Hopper; 128 holds on every GPU it supports
     return f"cuDNN attention needs a head dim that is a multiple of 8 and <= 128, got {head_dim}"
-  if masked and train and (q_len % 2 or kv_len % 2):
-    return f"cuDNN attention with a mask needs even lengths in training, got {q_len}, {kv_len}"
   if dropout:
     return "jax.nn.dot_product_attention has no dropout on the attention weights"
   return None
@@ -98,8 +96,41 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, caus
   attention weights; that needs the explicit path."""
   if dropout is not None:
     return _attend_explicit(q, k, v, mask, causal, dropout)
+  if implementation == "cudnn":
+    return _attend_even_lengths(q, k, v, mask, causal, implementation)
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
                                       implementation=implementation)
+
+
+def _attend_even_lengths(q, k, v, mask, causal, implementation):
+  """jax.nn.dot_product_attention with odd lengths padded to even ones, same result.
+
+  cuDNN's fused kernel has no backward for an odd query or key length (MART's 393 tokens,
+  BERT's odd texts) and takes a mask only as a bias with the full query length. One zero query
+  row is appended and sliced off the output; one zero key is appended and hidden: by the
+  kernel's padding lengths without a mask, by a False column with one (the appended query row
+  keeps key 0, so no row is all-masked). Causal masks already hide a key appended at the end.
+  """
+  b, t = q.shape[:2]
+  s = k.shape[1]
+  pt, ps = t % 2, s % 2
+  lengths = {}
+  if pt or ps:
+    q = jnp.pad(q, ((0, 0), (0, pt), (0, 0), (0, 0)))
+    k, v = (jnp.pad(x, ((0, 0), (0, ps), (0, 0), (0, 0))) for x in (k, v))
+    if mask is None and not causal:
+      lengths = {"query_seq_lengths": jnp.full((b,), t, jnp.int32),
+                 "key_value_seq_lengths": jnp.full((b,), s, jnp.int32)}
+  if mask is not None:
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (t, s))
+    if pt or ps:
+      mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pt), (0, ps)))
+      if pt:
+        mask = mask.at[:, :, t, 0].set(True)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                     implementation=implementation, **lengths)
+  return out[:, :t]
 
 
 def _attend_explicit(q, k, v, mask, causal, dropout, return_weights=False):
