@@ -1,4 +1,5 @@
-"""Which raw video goes to which split: list files, the VE-8 workbook, the Ekman-6 rule.
+"""Which raw video goes to which split: list files, the VE-8 workbook, the Ekman-6 rule, CAER's
+split folders or its 7:1:2 rule.
 
 The layouts people download:
   VE-8     <root>/<Class>/<name>.<ext> (1,101 videos; one basename sits in two classes) and the
@@ -9,6 +10,17 @@ The layouts people download:
   Ekman-6  <root>/<class>/<id>.<ext> (1,637 videos, classes in lower case) plus CTEN's ID lists
            ("anger/1000 1"); without lists, the rule that produced them: sort all "class/id"
            strings and put every other one, starting with the first, into train (819/818).
+  CAER     (Lee et al., ICCV 2019; 13,201 TV-show clips, 7 classes) as downloaded:
+           <root>/{train,validation,test}/<Class>/<name>.avi; the split folders are the official
+           split. File names can repeat across split folders (train/Anger/0001.avi and
+           test/Anger/0001.avi are different clips), so keys carry the split folder:
+           "train/Anger/0001", "validation/Anger/0001", "test/Anger/0001". Without split folders
+           (<root>/<Class>/<name>.*): {train,validation,test}list01.txt ("Class/name" lines) in
+           <root>/splits or <root> when present (or `split_file`), else the 7:1:2 rule per class
+           (caer_ratio_split): names sorted as strings, the first floor(7n/10) to train, the next
+           floor(8n/10) - floor(7n/10) to validation, the rest (at least 2n/10) to test; keys are
+           then "Class/name". All seven class folders must exist (in each split folder).
+VE-8 and Ekman-6 have train and test only (SPLITS); CAER adds validation (layout_splits).
 classInd.txt is optional; when present it must list the expected classes. Class folders match
 case-insensitively; keys always use the configured class names ("Class/name"), so the same
 basename under two classes gives two examples.
@@ -26,16 +38,28 @@ VE8_CLASSES = (
     "Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust"
 )
 EK6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
-LAYOUT_CLASSES = {"ve8": VE8_CLASSES, "ekman6": EK6_CLASSES}
+CAER_CLASSES = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+LAYOUT_CLASSES = {"ve8": VE8_CLASSES, "ekman6": EK6_CLASSES, "caer": CAER_CLASSES}
 LAYOUTS = tuple(LAYOUT_CLASSES)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".flv", ".mkv", ".webm", ".mov", ".m4v", ".3gp", ".wmv",
                     ".mpg", ".mpeg")
 VE8_WORKBOOK = "VideoEmotionDataset-TrainTestSplits.xlsx"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # VE-8 and Ekman-6 (their lists and workbook name no validation)
+CAER_SPLITS = ("train", "validation", "test")
+LAYOUT_SPLITS = {"ve8": SPLITS, "ekman6": SPLITS, "caer": CAER_SPLITS}
+CAER_RULE = ("rule: 7:1:2 per class over names sorted as strings: the first floor(7n/10) to "
+             "train, the next floor(8n/10) - floor(7n/10) to validation, the rest to test")
 
 
 class RawLayoutError(ValueError):
   """The raw folder does not look like the expected layout; the message names the file."""
+
+
+def layout_splits(layout: str) -> tuple[str, ...]:
+  """The splits a layout's builds have: ("train", "test"), or CAER's three."""
+  if layout not in LAYOUT_SPLITS:
+    raise RawLayoutError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  return LAYOUT_SPLITS[layout]
 
 
 @dataclasses.dataclass
@@ -114,10 +138,13 @@ def _expected(class_names: Sequence[str]) -> str:
           f"({', '.join(VIDEO_EXTENSIONS[:3])}, ...)")
 
 
-def check_raw_folder(root, class_names: Sequence[str]) -> dict[str, str]:
-  """The videos of `root` ("Class/stem" -> path); RawLayoutError naming the folder when it is
-  empty or its class folders hold no video (the split lists alone are not a dataset)."""
+def check_raw_folder(root, class_names: Sequence[str], layout: str = "ve8") -> dict[str, str]:
+  """The videos of `root` ("Class/stem" -> path; "split/Class/stem" for CAER's split folders);
+  RawLayoutError naming the folder when it is empty or its class folders hold no video (the
+  split lists alone are not a dataset), or (CAER) a split or class folder is missing."""
   root = os.fspath(root)
+  if layout == "caer":
+    return _checked_caer(root, class_names)[0]
   if not os.listdir(root):
     raise RawLayoutError(f"{root}: the raw folder is empty; expected {_expected(class_names)}")
   folders = class_folders(root, class_names)
@@ -222,9 +249,11 @@ def read_split_list(root, split: str, split_index: int, class_names: Sequence[st
   return read_list_file(path, class_names, scan_videos(class_folders(root, class_names)))
 
 
-def _find_lists(dirs: Iterable[str], split_index: int) -> tuple[str, str] | None:
+def _find_lists(dirs: Iterable[str], split_index: int,
+                splits: Sequence[str] = SPLITS) -> tuple[str, ...] | None:
+  """The first folder's {split}list%02d.txt files, one per split, when all of them exist."""
   for d in dirs:
-    pair = tuple(os.path.join(d, f"{s}list{split_index:02d}.txt") for s in SPLITS)
+    pair = tuple(os.path.join(d, f"{s}list{split_index:02d}.txt") for s in splits)
     if all(os.path.isfile(p) for p in pair):
       return pair
   return None
@@ -361,12 +390,17 @@ def _items_from_names(names: list[tuple[str, str]], class_names: Sequence[str],
 # ------------------------------------------------------------------------------ plans
 
 
-def _drop_train_test_overlap(items: dict[str, list[Item]]) -> None:
-  """A video listed in both splits stays in test only (no leak into the reported accuracy)."""
-  test_keys = {i.key for i in items["test"] if i.path is not None}
-  for item in items["train"]:
-    if item.key in test_keys and item.reason is None:
-      item.path, item.reason = None, f"{item.key}: listed in both train and test; kept in test only"
+def _drop_train_test_overlap(items: dict[str, list[Item]],
+                             splits: Sequence[str] = SPLITS) -> None:
+  """A video listed in two splits stays in the later one only (test over validation over
+  train: no leak into the reported accuracy)."""
+  for i, split in enumerate(splits):
+    for later in splits[i + 1:]:
+      later_keys = {it.key for it in items[later] if it.path is not None}
+      for item in items[split]:
+        if item.key in later_keys and item.reason is None:
+          item.path, item.reason = None, (f"{item.key}: listed in both {split} and {later}; "
+                                          f"kept in {later} only")
 
 
 def _unlisted(videos: dict[str, str], items: dict[str, list[Item]]) -> list[str]:
@@ -387,16 +421,20 @@ def _resolve(root: str, split_file: str) -> str:
 
 def plan_split(root, *, layout: str, split_index: int, class_names: Sequence[str],
                split_file: str = "") -> SplitPlan:
-  """Train/test items of one raw folder (see the module docstring for the rules).
+  """Items per split (layout_splits(layout)) of one raw folder (module docstring: the rules).
 
   `split_file`: a .xlsx workbook or a folder holding {train,test}list%02d.txt, absolute or
   relative to `root`. Empty: look for the lists in <root>/splits and <root>, then (VE-8) for
   the workbook in <root> and <root>/splits; Ekman-6 without lists uses the alternating rule.
+  CAER: its split folders when present (then `split_file` must be empty), else three lists
+  ({train,validation,test}list01.txt), else the 7:1:2 rule.
   """
   root = os.fspath(root)
   if layout not in LAYOUTS:
     raise RawLayoutError(f"layout must be one of {LAYOUTS}, got {layout!r}")
   index_source = check_class_index(root, class_names)
+  if layout == "caer":
+    return _plan_caer(root, split_index, class_names, split_file, index_source)
   videos = check_raw_folder(root, class_names)
   folders = class_folders(root, class_names)
   notes = [f"classes: {index_source}"]
@@ -448,3 +486,151 @@ def plan_split(root, *, layout: str, split_index: int, class_names: Sequence[str
   _drop_train_test_overlap(items)
   return SplitPlan(items=items, source=source, unlisted=_unlisted(videos, items),
                    multi_class=multi_class, notes=notes)
+
+
+# ------------------------------------------------------------------------------ CAER
+
+
+def _caer_expected(class_names: Sequence[str]) -> str:
+  return (f"CAER's split folders {'/, '.join(CAER_SPLITS)}/ each holding one folder per class "
+          f"({', '.join(class_names)}) of .avi files, or the class folders alone")
+
+
+def _dirs(folder: str) -> list[str]:
+  return sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
+
+
+def caer_split_folders(root, class_names: Sequence[str] = CAER_CLASSES) -> dict[str, str] | None:
+  """Split -> folder when `root` holds CAER's split folders (names case-insensitive), None when
+  it holds none of them. RawLayoutError naming the folder when only some are there, or when
+  class folders sit beside them."""
+  root = os.fspath(root)
+  entries = _dirs(root)
+  found = {}
+  for split in CAER_SPLITS:
+    matches = [e for e in entries if e.lower() == split]
+    if len(matches) > 1:
+      raise RawLayoutError(f"{root}: folders {matches} all match split {split!r}")
+    if matches:
+      found[split] = os.path.join(root, matches[0])
+  if not found:
+    return None
+  missing = [s for s in CAER_SPLITS if s not in found]
+  if missing:
+    raise RawLayoutError(
+        f"{os.path.join(root, missing[0])}: split folder missing; CAER's split layout needs "
+        f"{', '.join(CAER_SPLITS)} (found {', '.join(found)})")
+  lower = {c.lower() for c in class_names}
+  mixed = [e for e in entries if e.lower() in lower]
+  if mixed:
+    raise RawLayoutError(
+        f"{os.path.join(root, mixed[0])}: class folder next to the split folders "
+        f"{', '.join(found)}; expected either <split>/<Class>/ or <Class>/ only")
+  return found
+
+
+def _caer_class_folders(folder: str, class_names: Sequence[str]) -> dict[str, str]:
+  """Class -> folder in `folder` (case-insensitive); RawLayoutError naming a missing one."""
+  folders = {}
+  entries = _dirs(folder)
+  for name in class_names:
+    matches = [name] if name in entries else [e for e in entries if e.lower() == name.lower()]
+    if len(matches) > 1:
+      raise RawLayoutError(f"{folder}: folders {matches} all match class {name!r}")
+    if matches:
+      folders[name] = os.path.join(folder, matches[0])
+  missing = [c for c in class_names if c not in folders]
+  if len(missing) == len(class_names):
+    raise RawLayoutError(f"{folder}: no class folder found; expected {_caer_expected(class_names)}")
+  if missing:
+    raise RawLayoutError(
+        f"{os.path.join(folder, missing[0])}: class folder missing (CAER needs all of "
+        f"{', '.join(class_names)}; missing: {', '.join(missing)})")
+  return folders
+
+
+def scan_caer(root, class_names: Sequence[str] = CAER_CLASSES
+              ) -> tuple[dict[str, str], dict[str, str] | None]:
+  """(videos, split folders): "split/Class/stem" -> path under CAER's split folders, else
+  "Class/stem" -> path of the class folders in `root` (split folders None)."""
+  root = os.fspath(root)
+  splits = caer_split_folders(root, class_names)
+  if splits is None:
+    return scan_videos(_caer_class_folders(root, class_names)), None
+  videos = {}
+  for split, folder in splits.items():
+    for key, path in scan_videos(_caer_class_folders(folder, class_names)).items():
+      videos[f"{split}/{key}"] = path
+  return videos, splits
+
+
+def _checked_caer(root: str, class_names: Sequence[str]
+                  ) -> tuple[dict[str, str], dict[str, str] | None]:
+  """scan_caer, with RawLayoutError naming `root` when it is empty or holds no video."""
+  if not os.listdir(root):
+    raise RawLayoutError(f"{root}: the raw folder is empty; expected {_caer_expected(class_names)}")
+  videos, split_folders = scan_caer(root, class_names)
+  if not videos:
+    raise RawLayoutError(f"{root}: the CAER class folders hold no video file; expected "
+                         f"{_caer_expected(class_names)}")
+  return videos, split_folders
+
+
+def caer_ratio_split(keys: Iterable[str]) -> dict[str, list[str]]:
+  """CAER's 7:1:2 rule per class, deterministic: a class's n "Class/name" keys sorted as strings,
+  the first floor(7n/10) to train, the next floor(8n/10) - floor(7n/10) to validation, the rest
+  to test (so test takes the rounding remainder; n=10 -> 7/1/2, n=13 -> 9/1/3, n=3 -> 2/0/1)."""
+  by_class: dict[str, list[str]] = {}
+  for key in sorted(keys):
+    by_class.setdefault(key.split("/", 1)[0], []).append(key)
+  out: dict[str, list[str]] = {s: [] for s in CAER_SPLITS}
+  for members in by_class.values():
+    n = len(members)
+    a, b = 7 * n // 10, 8 * n // 10
+    out["train"] += members[:a]
+    out["validation"] += members[a:b]
+    out["test"] += members[b:]
+  return out
+
+
+def _plan_caer(root: str, split_index: int, class_names: Sequence[str], split_file: str,
+               index_source: str) -> SplitPlan:
+  if split_index != 1:
+    raise RawLayoutError(f"CAER has a single split; got split {split_index}")
+  videos, split_folders = _checked_caer(root, class_names)
+  label_of = {c: i for i, c in enumerate(class_names)}
+  notes = [f"classes: {index_source}"]
+  if split_folders is not None:
+    if split_file:
+      raise RawLayoutError(f"{root}: holds CAER's split folders, which define the split; "
+                           f"split_file={split_file!r} would be ignored, unset it")
+    items = {s: [] for s in CAER_SPLITS}
+    for key, path in videos.items():
+      split, class_key = key.split("/", 1)
+      items[split].append(Item(key, label_of[class_key.split("/", 1)[0]], path))
+    source = "split folders: " + ", ".join(split_folders[s] for s in CAER_SPLITS)
+    return SplitPlan(items=items, source=source, unlisted=[], notes=notes)
+  if split_file:
+    path = _resolve(root, split_file)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"{path}: not a folder holding trainlist01.txt, validationlist01"
+                              ".txt and testlist01.txt (CAER's split_file is such a folder)")
+    lists = _find_lists([path], split_index, CAER_SPLITS)
+    if lists is None:
+      raise FileNotFoundError(f"{path}: no trainlist01.txt/validationlist01.txt/testlist01.txt "
+                              "in this split folder")
+  else:
+    lists = _find_lists([os.path.join(root, "splits"), root], split_index, CAER_SPLITS)
+  if lists is not None:
+    items = {s: read_list_file(p, class_names, videos) for s, p in zip(CAER_SPLITS, lists)}
+    source = " + ".join(lists)
+  else:
+    members = caer_ratio_split(videos)
+    items = {s: [Item(k, label_of[k.split("/", 1)[0]], videos[k]) for k in members[s]]
+             for s in CAER_SPLITS}
+    source = CAER_RULE
+    empty = [s for s in CAER_SPLITS if not items[s]]
+    if empty:
+      notes.append(f"7:1:2 rule on {len(videos)} videos leaves {', '.join(empty)} empty")
+  _drop_train_test_overlap(items, CAER_SPLITS)
+  return SplitPlan(items=items, source=source, unlisted=_unlisted(videos, items), notes=notes)

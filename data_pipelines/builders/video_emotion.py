@@ -1,12 +1,15 @@
 """TFDS builder `video_emotion`: emotion-video folders -> ArrayRecord examples (no TensorFlow).
 
-Reads a raw folder from `manual_dir` in one of two layouts (`layout` in the config; the rules for
-split membership are in emotion_splits.py): "ve8" (VideoEmotion-8 as downloaded: <Class>/<name>.*
-plus split lists or the split workbook; also the synthetic generator's layout) or "ekman6"
-(<class>/<id>.* plus ID lists, or the alternating rule). It decodes every listed video once with
-PyAV, computes MFCCs with librosa and writes one example per video. Extraction settings live in
-`VideoEmotionConfig`, whose name is derived from its values, so each setting gets its own folder
-under <data_dir>/video_emotion/<config name>/<version>/. Bad items never stop a build: they are
+Reads a raw folder from `manual_dir` in one of three layouts (`layout` in the config; the rules
+for split membership are in emotion_splits.py): "ve8" (VideoEmotion-8 as downloaded:
+<Class>/<name>.* plus split lists or the split workbook; also the synthetic generator's layout),
+"ekman6" (<class>/<id>.* plus ID lists, or the alternating rule) or "caer" (CAER as downloaded:
+{train,validation,test}/<Class>/<name>.avi; without split folders, the 7:1:2 rule). "ve8" and
+"ekman6" builds have the splits train and test, "caer" builds train, validation and test.
+It decodes every listed video once with PyAV, computes MFCCs with librosa and writes one
+example per video. Extraction settings live in `VideoEmotionConfig`, whose name is derived from
+its values, so each setting gets its own folder under
+<data_dir>/video_emotion/<config name>/<version>/. Bad items never stop a build: they are
 skipped (or zero-filled, for a missing audio stream) and listed in `manifest.json` there, with
 the split's source, videos no split lists and basenames found under several classes. A raw
 folder that is empty, or whose class folders hold no video, is an error naming the folder.
@@ -16,6 +19,7 @@ MART's inputs (Kaldi fbank, tokenised subtitles, lexicon features) are optional 
 Usage:
   builder = build_video_emotion(raw_root, data_dir, dict(fps=10, frame_short_side=112))
   builder = build_video_emotion(ek6_root, data_dir, dict(layout="ekman6"))
+  builder = build_video_emotion(caer_root, data_dir, dict(layout="caer"))  # + "validation"
   builder = build_video_emotion(raw_root, data_dir, dict(fbank_bins=128,
                                 subtitles_vocab="vocab.txt", lexicon="lexicon.tsv"))  # MART
   source = builder.as_data_source("train")  # random access, numpy, no TensorFlow
@@ -40,8 +44,8 @@ from data_pipelines.builders import emotion_splits
 from data_pipelines.builders import fbank_subtitles
 # Re-exported: the raw-layout helpers lived here in the first version.
 from data_pipelines.builders.emotion_splits import (  # noqa: F401
-    EK6_CLASSES, LAYOUT_CLASSES, LAYOUTS, VE8_CLASSES, VIDEO_EXTENSIONS, RawLayoutError,
-    read_class_index, read_split_list)
+    CAER_CLASSES, EK6_CLASSES, LAYOUT_CLASSES, LAYOUTS, VE8_CLASSES, VIDEO_EXTENSIONS,
+    RawLayoutError, read_class_index, read_split_list)
 
 MANIFEST_FILE = builders_common.MANIFEST_FILE
 NO_AUDIO_POLICIES = builders_common.NO_AUDIO_POLICIES
@@ -76,7 +80,7 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
   n_fft: int = 2048
   hop_length: int = 512
   no_audio_policy: str = "zeros"
-  class_names: tuple[str, ...] = ()  # () = the layout's classes (VE8_CLASSES, EK6_CLASSES)
+  class_names: tuple[str, ...] = ()  # () = the layout's classes (VE8_/EK6_/CAER_CLASSES)
   # MART's inputs (fbank_subtitles.py), off by default: 128 = MART's filter bank; a BERT
   # vocab.txt and an optional lexicon file (relative paths: in the raw folder).
   fbank_bins: int = 0
@@ -110,7 +114,7 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
     """A folder-safe name that changes whenever an extraction setting changes."""
     num = builders_common.name_number
     parts = [
-        *(["ekman6"] if self.layout == "ekman6" else []),  # ve8 names predate `layout`
+        *([self.layout] if self.layout != "ve8" else []),  # ve8 names predate `layout`
         f"split{self.split_index}", f"fps{num(self.fps, 'native')}",
         f"side{num(self.frame_short_side, 'orig')}", f"max{num(self.max_frames, 'all')}",
         f"sr{self.audio_sr}", f"mfcc{self.n_mfcc}", f"fft{self.n_fft}", f"hop{self.hop_length}",
@@ -136,7 +140,8 @@ class VideoEmotionConfig(tfds.core.BuilderConfig):
             "audio": f"float32 [Fa, {self.n_mfcc}] librosa MFCC of the whole clip",
             "has_audio": "bool; False -> audio is zeros [1, n_mfcc]",
             "label": "int64, 0-based index into class_names",
-            "key": "str 'Class/name'",
+            "key": ("str 'split/Class/name' (CAER's split folders) or 'Class/name'"
+                    if self.layout == "caer" else "str 'Class/name'"),
         },
         **fbank_subtitles.contract(self.extras),
     )
@@ -205,7 +210,7 @@ logging.getLogger("absl").addFilter(builders_common.QuietCustomConfig())
 
 
 class VideoEmotion(tfds.core.GeneratorBasedBuilder):
-  """Emotion videos (frames + MFCC) from a manual directory (VE-8 or Ekman-6 layout)."""
+  """Emotion videos (frames + MFCC) from a manual directory (VE-8, Ekman-6 or CAER layout)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Frames + MFCC per video, manifest with skipped items."}
@@ -218,6 +223,9 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
   Ekman-6 (layout="ekman6"): <class>/<id>.<ext> for anger, disgust, fear, joy, sadness,
     surprise, plus CTEN's tools/annotations/ek6/{trainlist01,testlist01}.txt in splits/ (without
     them, the alternating rule that produced them is applied to the files found).
+  CAER (layout="caer"): train/, validation/ and test/, each with <Class>/<name>.avi for Anger,
+    Disgust, Fear, Happy, Neutral, Sad, Surprise (builds train, validation and test). Class
+    folders alone: {train,validation,test}list01.txt in splits/ if present, else 7:1:2 per class.
   """
   BUILDER_CONFIG_CLASS = VideoEmotionConfig
 
@@ -267,7 +275,7 @@ class VideoEmotion(tfds.core.GeneratorBasedBuilder):
     self._report = {}
     self._root = root
     return {split: self._generate_examples(split, self._plan.items[split])
-            for split in emotion_splits.SPLITS}
+            for split in emotion_splits.layout_splits(cfg.layout)}
 
   def _generate_examples(self, split: str, items: list[emotion_splits.Item]):
     cfg = self.config
@@ -379,4 +387,5 @@ def build_video_emotion(
   return builders_common.open_or_build(
       builder, manual_dir, build=build, progress=progress,
       how="the extraction (build_video_emotion with build=True)",
-      check_raw=lambda root: emotion_splits.check_raw_folder(root, config.class_names))
+      check_raw=lambda root: emotion_splits.check_raw_folder(root, config.class_names,
+                                                             layout=config.layout))

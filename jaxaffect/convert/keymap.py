@@ -27,7 +27,8 @@ from jaxaffect.converted_checkpoint import flatten, unflatten  # noqa: F401 (use
 from jaxaffect.errors import ConversionError, UserError  # ConversionError: re-exported
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-               "var": "running_var"}
+               "var": "running_var",
+               "alpha": "alpha"}  # a bare nn.Parameter of that name (CTEN's non-local gate)
 _MAX_LISTED = 20
 
 

@@ -1,11 +1,15 @@
 """The video-emotion dataset family (data_pipelines/builders/video_emotion.py), shared by the
-methods that train on VideoEmotion-8 or Ekman-6 clips; prepared and opened by families.py.
+methods that train on VideoEmotion-8, Ekman-6 or CAER clips; prepared and opened by families.py.
 
   "synthetic_ve8"  generated on first use (data_pipelines/synthetic/affect_world.py), VE-8 layout.
   "ve8"     VideoEmotion-8 as downloaded: <Class>/<name>.<ext> plus split lists or the split
             workbook; `dataset.split` picks one of the 10 official splits.
   "ekman6"  Ekman-6: <class>/<id>.<ext> plus CTEN's ID lists (else the alternating rule);
             one split.
+  "caer"    CAER: {train,validation,test}/<Class>/<name>.avi (the official split; keys
+            "train/Anger/0001"), or <Class>/<name>.avi split 7:1:2 per class; builds train,
+            validation and test, so `dataset.eval_split` may be "validation" or "test".
+VE-8 and Ekman-6 builds have train and test only.
 `dataset.split_file` (optional) names the lists' folder or the .xlsx, relative to the raw folder;
 so do relative `dataset.extraction.subtitles_vocab` and `.lexicon` (MART's inputs).
 """
@@ -15,8 +19,8 @@ from jaxaffect.data import families
 from jaxaffect.errors import UserError
 
 SYNTHETIC = ("synthetic_ve8",)
-REAL = ("ve8", "ekman6")
-_LAYOUT = {"synthetic_ve8": "ve8", "ve8": "ve8", "ekman6": "ekman6"}
+REAL = ("ve8", "ekman6", "caer")
+_LAYOUT = {"synthetic_ve8": "ve8", "ve8": "ve8", "ekman6": "ekman6", "caer": "caer"}
 
 
 def extraction_kwargs(ds) -> dict:

@@ -5,7 +5,8 @@ by "_" ("layer3.22.conv2.weight" -> layer3_22/conv2/kernel, "layer1.0.downsample
 layer1_0/downsample_0/kernel, "...downsample.1.running_mean" -> batch_stats .../downsample_1/mean).
 Stem: conv1, bn1. Conv weights [out, in, t, h, w] -> kernel [t, h, w, in, out];
 BN weight/bias -> scale/bias, running_mean/var -> batch_stats mean/var. The fc head (and its
-avgpool) are not built: the affect models consume the layer4 map.
+avgpool) are not built: the affect models consume the layer4 map. `normalize_video` is the input
+scaling each published set of these weights expects (and the one VAANet and CTEN used instead).
 """
 from __future__ import annotations
 
@@ -13,10 +14,36 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxaffect.nn.layers import BatchNorm, Conv3D
 
 Array = jax.Array
+
+NORMALIZATIONS = ("vaanet_legacy", "hara_2018", "hara_2020")
+
+_HARA_2018_MEAN = (114.7748, 107.7354, 99.4750)  # ActivityNet means, 0-255 scale
+_HARA_2020_MEAN = (0.4345, 0.4051, 0.3775)       # Kinetics, 0-1 scale
+_HARA_2020_STD = (0.2768, 0.2713, 0.2737)
+
+
+def normalize_video(video: Array, mode: str) -> Array:
+  """uint8 (or 0-255 float) frames -> float32 backbone input.
+
+  "vaanet_legacy": x/255 - 100/255, what VAANet/CTEN do (mismatched to the Hara weights, hidden
+  by batch-stat BN); "hara_2018": x - ActivityNet mean on the 0-255 scale (resnet-*-kinetics.pth);
+  "hara_2020": (x/255 - mean)/std with Kinetics stats (r3d*_KM_200ep.pth).
+  """
+  x = video.astype(jnp.float32)
+  if mode == "vaanet_legacy":
+    return x / 255.0 - 100.0 / 255.0
+  if mode == "hara_2018":
+    return x - jnp.asarray(_HARA_2018_MEAN, jnp.float32)
+  if mode == "hara_2020":
+    return (x / 255.0 - jnp.asarray(_HARA_2020_MEAN, jnp.float32)) / jnp.asarray(
+        _HARA_2020_STD, jnp.float32)
+  raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+
 
 # Blocks per stage, as in Hara's generate_model.
 RESNET3D_LAYERS: dict[int, tuple[int, int, int, int]] = {

@@ -34,59 +34,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxaffect.nn.layers import (BatchNorm, Initializer, dense, kaiming_normal_fan_out,
-                                     torch_default_bias_init, torch_default_kernel_init)
+from jaxaffect.nn.layers import (BatchNorm, dense, kaiming_normal_fan_out,
+                                 torch_default_bias_init, torch_default_kernel_init)
+from jaxaffect.nn.pooling_attention import AttentionNet
 from jaxaffect.nn.resnet2d import ResNet2D
-from jaxaffect.nn.resnet3d import ResNet3D
+from jaxaffect.nn.resnet3d import NORMALIZATIONS, ResNet3D, normalize_video  # noqa: F401
 
 Array = jax.Array
 
-NORMALIZATIONS = ("vaanet_legacy", "hara_2018", "hara_2020")
 BACKBONE_BN_POLICIES = ("batch_stats", "running")
 TEMPORAL_ACTIVATIONS = ("relu", "softmax")
-
-_HARA_2018_MEAN = (114.7748, 107.7354, 99.4750)  # ActivityNet means, 0-255 scale
-_HARA_2020_MEAN = (0.4345, 0.4051, 0.3775)       # Kinetics, 0-1 scale
-_HARA_2020_STD = (0.2768, 0.2713, 0.2737)
-
-
-def normalize_video(video: Array, mode: str) -> Array:
-  """uint8 (or 0-255 float) frames -> float32 backbone input.
-
-  "vaanet_legacy": x/255 - 100/255, what VAANet/CTEN do (mismatched to the Hara weights, hidden
-  by batch-stat BN); "hara_2018": x - ActivityNet mean on the 0-255 scale (resnet-*-kinetics.pth);
-  "hara_2020": (x/255 - mean)/std with Kinetics stats (r3d*_KM_200ep.pth).
-  """
-  x = video.astype(jnp.float32)
-  if mode == "vaanet_legacy":
-    return x / 255.0 - 100.0 / 255.0
-  if mode == "hara_2018":
-    return x - jnp.asarray(_HARA_2018_MEAN, jnp.float32)
-  if mode == "hara_2020":
-    return (x / 255.0 - jnp.asarray(_HARA_2020_MEAN, jnp.float32)) / jnp.asarray(
-        _HARA_2020_STD, jnp.float32)
-  raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
-
-
-class AttentionNet(nn.Module):
-  """VAANet's attention subnet on x [N, L, D]: Conv1d(D->1, k=1, no bias) + BN1d(1) + tanh over
-  the D axis, then Linear(L->L) over the L axis; returns the pre-activation scores [N, L]."""
-  conv_init: Initializer
-  fc_bias: bool = False
-  fc_bias_init: Initializer | None = None
-  conv_axes: tuple[str | None, str | None] = ("embed", None)
-  fc_axes: tuple[str | None, str | None] = (None, None)
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: Array, use_running_average: bool) -> Array:
-    n, l, d = x.shape
-    h = dense(1, axes=self.conv_axes, use_bias=False, kernel_init=self.conv_init,
-              dtype=self.dtype, name="conv_0")(x)                      # [N, L, 1]
-    h = jnp.tanh(BatchNorm(dtype=self.dtype, name="conv_1")(h, use_running_average))[..., 0]
-    return dense(l, axes=self.fc_axes, use_bias=self.fc_bias, bias_init=self.fc_bias_init,
-                 fan_in=l, dtype=self.dtype, name="fc")(h)             # [N, L]
-
 
 def _constrain(x: Array, *rest: str | None) -> Array:
   return nn.with_logical_constraint(x, ("act_batch", *rest))

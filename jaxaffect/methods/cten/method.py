@@ -1,0 +1,140 @@
+"""CTEN (Zhang et al., CVPR 2023): cross-modal temporal erasing network.
+
+Model: model.CTEN. Training step (one jitted function, shared weights, as the released loop's
+three forward passes):
+  1. encode the video (frozen 3D ResNet, pooled per segment) and the audio once;
+  2. view "original": relations + temporal attention + classifier -> logits o, gamma;
+  3. from gamma (no gradient: the threshold is discrete), erasing.py's index maps give the
+     "rest" view (segments below the threshold, the released pass 2) and the "keyframes" view
+     (above it, pass 3), each re-sampled to S segments of its own video;
+  4. each view goes through the head again (erase.input="features": the segment features of
+     step 1 gathered; "frames": the frames and fbank windows gathered and encoded again, so
+     the frozen backbone's train-mode BatchNorm sees each view's batch, as released);
+  5. loss = the three cross-entropies, summed (the paper) or averaged (erase.reduce="mean",
+     the code). erase.enabled=False (the ablation's no-erasing rows) trains on view 1 only.
+Evaluation uses the original view only (the paper's protocol; the released best-of-three on
+the test split is not reproduced).
+
+Config keys: model.* (CTEN's fields), erase.{enabled, theta, rule ("paper" | "legacy"),
+reduce ("sum" | "mean"), input ("features" | "frames")}, dataset.* (data.py).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxaffect import config_lib
+from jaxaffect import method as base
+from jaxaffect.data import families
+from jaxaffect.data import video_emotion
+from jaxaffect.errors import UserError
+from jaxaffect.methods.cten import erasing
+from jaxaffect.methods.cten import model as cten_model
+
+ERASE_RULES = ("paper", "legacy")
+ERASE_REDUCTIONS = ("sum", "mean")
+ERASE_INPUTS = ("features", "frames")
+VIEWS = ("original", "rest", "keyframes")
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+class Method(base.Method):
+  state_collections = ("batch_stats",)
+
+  def build_model(self):
+    c = self.config
+    kwargs = dict(c.model.to_dict())
+    kwargs.setdefault("num_classes", int(c.dataset.num_classes))
+    kwargs.setdefault("num_segments", int(c.dataset.num_segments))
+    e = c.erase
+    config_lib.check_choice("erase.rule", e.rule, ERASE_RULES)
+    config_lib.check_choice("erase.reduce", e.reduce, ERASE_REDUCTIONS)
+    config_lib.check_choice("erase.input", e.input, ERASE_INPUTS)
+    if not 0.0 <= float(e.theta) <= 1.0:
+      raise UserError(f"erase.theta must be in [0, 1], got {e.theta}")
+    return cten_model.CTEN(**kwargs)
+
+  @property
+  def uses_audio(self) -> bool:
+    return bool(self.config.model.get("use_audio", True))
+
+  def example_batch(self, batch_size: int):
+    ds = self.config.dataset
+    s, t, c = int(ds.num_segments), int(ds.snippet_len), int(ds.crop_size)
+    out = {"video": np.zeros((batch_size, s, t, c, c, 3), np.uint8),
+           "label": np.zeros((batch_size,), np.int32)}
+    if self.uses_audio:
+      out["audio"] = np.zeros((batch_size, s, int(ds.get("audio_frames", 100)),
+                               int(ds.extraction.fbank_bins)), np.float32)
+    return out
+
+  def model_inputs(self, batch):
+    return {"video": batch["video"], "audio": batch.get("audio")}
+
+  # ---- the three views ---------------------------------------------------------------------
+  def loss(self, params, model_state, batch, rng, step=None):
+    del step
+    e = self.config.erase
+    mutable = list(self.state_collections)
+    state = dict(model_state)
+    calls = iter(range(8))  # one dropout key per apply (at most 2 encodes + 3 heads)
+
+    def apply(method, *args, **kwargs):
+      nonlocal state
+      out, new = self.model.apply({"params": params, **state}, *args, method=method,
+                                  mutable=mutable, rngs={"dropout": jax.random.fold_in(rng, next(calls))}, **kwargs)
+      state = {**state, **new}
+      return out
+
+    video, audio = batch["video"], batch.get("audio")
+    v, a = apply(cten_model.CTEN.encode, video, audio, True)
+    out = apply(cten_model.CTEN.head, v, a, True)
+    labels = batch["label"]
+    losses = [_cross_entropy(out["logits"], labels)]
+    metrics = {"top1": jnp.mean((jnp.argmax(out["logits"], -1) == labels).astype(jnp.float32))}
+    if e.enabled:
+      gv = jax.lax.stop_gradient(out["gamma"])
+      ga = jax.lax.stop_gradient(out["gamma_audio"]) if a is not None else None
+      key, rest = erasing.keyframe_masks(gv, ga, float(e.theta), str(e.rule))
+      metrics["keyframe_fraction"] = jnp.mean(key.astype(jnp.float32))
+      metrics["flat_fallback"] = jnp.mean((~jnp.any(key, -1)).astype(jnp.float32))
+      for name, keep in (("rest", rest), ("keyframes", key)):  # the released pass order
+        idx = erasing.view_indices(keep)
+        if e.input == "frames":
+          vi, ai = apply(cten_model.CTEN.encode, erasing.gather_segments(video, idx),
+                         None if audio is None else erasing.gather_segments(audio, idx), True)
+        else:
+          vi = erasing.gather_segments(v, idx)
+          ai = None if a is None else erasing.gather_segments(a, idx)
+        view = apply(cten_model.CTEN.head, vi, ai, True)
+        losses.append(_cross_entropy(view["logits"], labels))
+        metrics[f"loss_{name}"] = losses[-1]
+    metrics["loss_original"] = losses[0]
+    total = sum(losses)
+    if e.reduce == "mean":
+      total = total / len(losses)
+    return total, (metrics, state)
+
+  def predict(self, params, model_state, batch):
+    out = self.model.apply({"params": params, **model_state}, **self.model_inputs(batch),
+                           train=False)
+    return {"logits": out["logits"], "gamma": out["gamma"], "gamma_audio": out["gamma_audio"]}
+
+  # ---- data --------------------------------------------------------------------------------
+  def prepare_data(self):
+    families.prepare(video_emotion.FAMILY, self.config.dataset)
+
+  def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    from jaxaffect.methods.cten import data  # deferred: grain + media stack
+    return data.train_iterator(self.config, seed=seed, global_batch_size=global_batch_size,
+                               process_index=process_index, process_count=process_count)
+
+  def eval_batches(self, *, global_batch_size, process_index, process_count):
+    from jaxaffect.methods.cten import data  # deferred: grain + media stack
+    return data.eval_batches(self.config, global_batch_size=global_batch_size,
+                             process_index=process_index, process_count=process_count)
