@@ -6,6 +6,8 @@
                       cross-attention, one joint temporal attention, mean of the three losses
   ...:legacy_visual   VisualErase (the visual-only model the released main.py trains)
   ...:synthetic       the recipe on the generated synthetic VE-8 set at toy widths
+  ...:keyframes       the same on the synthetic world whose clips hold one emotional segment
+                      each: classification and keyframe detection (mAP at tIoU 0.1-0.5)
   ...:smoke           a tiny variant that trains in seconds (tests)
   ...:split=N         VE-8 split N (1-10)
 
@@ -25,7 +27,7 @@ VE8_POLARITY = (0, 1, 0, 0, 1, 0, 1, 1)
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, split=1, legacy=False, legacy_visual=False, synthetic=False,
-                           smoke=False)
+                           keyframes=False, smoke=False)
   c = config_lib.base_config()
   c.method = "cten"
   c.seed = 0
@@ -44,15 +46,15 @@ def get_config(arg=None):
   c.evals = dict(eval=dict(type="classification"))
 
   d = c.dataset
-  d.name = "synthetic_ve8" if (a.synthetic or a.smoke) else "ve8"
+  d.name = "synthetic_ve8" if (a.synthetic or a.keyframes or a.smoke) else "ve8"
   d.manual_dir = ""
   d.split = a.split
-  d.auto_prepare = bool(a.synthetic or a.smoke)
+  d.auto_prepare = bool(a.synthetic or a.keyframes or a.smoke)
   d.num_classes = 8
   d.class_names = VE8_CLASSES
   d.polarity = VE8_POLARITY
   d.eval_split = "test"
-  d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20)
+  d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20, keyframes=False)
   d.extraction = dict(fps=0.0, frame_short_side=128, max_frames=4096, audio_sr=44100, n_mfcc=32,
                       n_fft=2048, hop_length=512, no_audio_policy="zeros", fbank_bins=128)
   d.num_segments = 16        # code: 16 (seq_len = audio_n_segments); paper: 10
@@ -81,6 +83,7 @@ def get_config(arg=None):
   m.attention_init = "vaanet"
   m.dropout_rate = 0.2
   m.backbone_bn = "batch_stats"
+  m.train_backbone = False   # frozen, as released (also listed in frozen_params)
   m.normalization = "vaanet_legacy"
   m.conv_impl = "auto"
   m.dtype = "float32"
@@ -95,8 +98,10 @@ def get_config(arg=None):
   if a.legacy_visual:
     m.use_audio = False
     m.use_inter = False
-  if a.synthetic:
+  if a.synthetic or a.keyframes:
     _synthetic(c)
+  if a.keyframes:
+    _keyframes(c)
   if a.smoke:
     _synthetic(c)
     _smoke(c)
@@ -107,7 +112,7 @@ def get_sweeps():
   """The paper's ablation (its Table 2) as override sets for python -m jaxaffect.tools.sweep."""
   # The audio-only rows of Table 2 need a model without the visual stream: not built.
   rows = [
-      ("full", {}),
+      ("baseline", {}),
       ("no_erasing", {"erase.enabled": "False"}),
       ("no_intra", {"model.use_intra": "False"}),
       ("no_inter", {"model.use_inter": "False"}),
@@ -126,21 +131,33 @@ def _synthetic(c):
   of width 16 (no pretrained weights exist for synthetic frames)."""
   d, m = c.dataset, c.model
   d.extraction.update(frame_short_side=64, audio_sr=16000, n_fft=1024, hop_length=256)
-  d.num_segments, d.snippet_len, d.crop_size = 8, 4, 64
+  d.num_segments, d.snippet_len, d.crop_size = 4, 4, 64
   d.audio_frames = 32
   d.augment = "flip"
-  d.synthetic.update(num_train_per_class=40, num_test_per_class=20)
+  d.synthetic.update(num_train_per_class=80, num_test_per_class=20)  # as VAANet's :synthetic
   m.visual_depth, m.visual_width = 10, 16       # 128-d segment features
   m.audio_width, m.audio_dim = 16, 128
   m.audio_pool_window = None
   m.nonlocal_dim, m.num_heads = 32, 4
   c.frozen_params = ()
-  c.batch_size, c.eval_batch_size = 16, 16
-  steps_per_epoch = 320 // 16
-  c.total_steps = 20 * steps_per_epoch
+  m.train_backbone = True
+  c.batch_size, c.eval_batch_size = 32, 32
+  steps_per_epoch = 640 // 32
+  c.total_steps = 5 * steps_per_epoch
   c.optimizer.learning_rate = 1e-3
-  c.checkpoint.every_steps = 5 * steps_per_epoch
-  c.eval_every_steps = 5 * steps_per_epoch
+  c.checkpoint.every_steps = steps_per_epoch
+  c.eval_every_steps = 50
+
+
+def _keyframes(c):
+  """The synthetic world with one emotional segment per clip (4-6 s clips, the cue on for
+  30-50% of each; the segments in the raw folder's keyframes.json): classification plus
+  weakly supervised keyframe detection, at 8 segments for a finer temporal grid."""
+  d = c.dataset
+  d.synthetic.keyframes = True
+  d.num_segments = 8
+  c.evals = dict(eval=dict(type="classification"),
+                 keyframes=dict(type="cten_keyframes", every_steps=0))
 
 
 def _smoke(c):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
+import logging
 import importlib.util
 import os
 import sys
@@ -339,3 +341,56 @@ def describe_differences(diffs: dict[str, tuple[Any, Any]], limit: int = 6) -> s
   if len(diffs) > limit:
     parts.append(f"{len(diffs) - limit} more")
   return ", ".join(parts)
+
+
+# ---- a trained workdir's settings ---------------------------------------------------------
+
+# dataset keys that never change what the model computes (paths, generation, workers).
+_DATASET_KEYS_NOT_ADOPTED = ("data_dir", "manual_dir", "auto_prepare", "worker_count", "synthetic",
+                            "split", "split_file")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _coerce(current: Any, saved: Any) -> Any:
+  if isinstance(current, tuple) and isinstance(saved, list):
+    return tuple(_coerce(c, s) for c, s in zip(current, saved)) if len(current) == len(
+        saved) else tuple(saved)
+  if isinstance(current, float) and isinstance(saved, int) and not isinstance(saved, bool):
+    return float(saved)
+  return saved
+
+
+def adopt_workdir_settings(config, workdir: str) -> list[str]:
+  """Adopts DIR/config.json's model and dataset-shape settings; returns the changed keys."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f)
+  changed = []
+
+  def visit(node, saved_node, prefix, skip=()):
+    for key in list(node.keys()):
+      if key in skip or key not in saved_node:
+        continue
+      cur, old = node[key], saved_node[key]
+      if hasattr(cur, "keys") and isinstance(old, dict):
+        visit(cur, old, f"{prefix}{key}.")
+        continue
+      new = _coerce(cur, old)
+      if new != cur:
+        try:
+          node[key] = new
+        except (TypeError, ValueError) as e:
+          logging.warning("cannot adopt %s%s=%r from %s: %s", prefix, key, old, path, e)
+          continue
+        changed.append(f"{prefix}{key}")
+
+  with config.unlocked():
+    if "model" in config and isinstance(saved.get("model"), dict):
+      visit(config.model, saved["model"], "model.")
+    if "dataset" in config and isinstance(saved.get("dataset"), dict):
+      visit(config.dataset, saved["dataset"], "dataset.", skip=_DATASET_KEYS_NOT_ADOPTED)
+  return changed

@@ -81,6 +81,17 @@ class Method(abc.ABC):
   def prepare_data(self) -> None:
     """Builds what the data needs (generation/extraction); runs on process 0 only."""
 
+  # ---- single videos (python -m jaxaffect.predict) -------------------------------------------
+  def example_from_video(self, path: str) -> dict[str, np.ndarray]:
+    """One video file -> the eval example the model reads (no batch axis): decoded by the
+    builder's code and transformed by the eval pipeline's."""
+    raise UserError(f"config.method={self.config.method!r} has no single-video prediction")
+
+  def prediction_figure(self, example: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                        path: str, title: str) -> None:
+    """Writes a figure of one prediction (`outputs`: predict's, batch axis removed)."""
+    raise UserError(f"config.method={self.config.method!r} draws no prediction figure")
+
   # Top-level parameter subtrees a converted `init_from` checkpoint must not fill (e.g. a
   # backbone the method does not build in this mode).
   init_from_ignore: tuple[str, ...] = ()

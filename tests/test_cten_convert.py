@@ -96,6 +96,8 @@ def test_released_forward_parity_eval_and_train(tmp_path, arg):
   for k in ("gamma", "logits"):
     assert _rel(got[k], want[k]) < 1e-4, k
 
+  if arg == "legacy_visual":
+    return  # train mode below on the audio-visual model, which holds every visual piece too
   # Train mode: every BatchNorm (the frozen backbone's too, as released) on batch statistics.
   ref.train()
   with torch.no_grad():

@@ -34,7 +34,10 @@ def test_every_config_and_variant_loads_with_required_keys(path):
   name = os.path.basename(path)
   args = {"demo.py": [None, "smoke"],
           "vaanet_ve8.py": [None, "smoke", "synthetic", "split=3", "synthetic,smoke"],
-          "vaanet_ekman6.py": [None, "smoke", "synthetic"]}
+          "vaanet_ekman6.py": [None, "smoke", "synthetic"],
+          "cten_ve8.py": [None, "smoke", "synthetic", "keyframes", "legacy", "legacy_visual",
+                         "split=3"],
+          "cten_caer.py": [None, "smoke", "legacy", "eval_split=validation"]}
   for arg in args.get(name, [None, "smoke"]):
     c = _config("/tmp/unused", name, arg)
     for key in REQUIRED:

@@ -22,6 +22,7 @@ RUN_BY = {
     "jaxaffect.main --mode benchmark": ("test_readme_commands.py", '"--mode", "benchmark"'),
     "jaxaffect.main --mode memory": ("test_memory_mode.py", '"--mode", "memory"'),
     "jaxaffect.convert": ("test_convert.py", '"-m", "jaxaffect.convert"'),
+    "jaxaffect.predict": ("test_sweep.py", '"-m", "jaxaffect.predict"'),
     "jaxaffect.evaluation.localization": ("test_localization_eval.py",
                                           '"-m", "jaxaffect.evaluation.localization"'),
     "jaxaffect.methods.tsl.figures": ("test_tsl_method.py", "viz.main(["),

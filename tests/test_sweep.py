@@ -106,7 +106,8 @@ def test_ablation_presets_live_in_the_configs_and_use_their_keys():
       except sweep.UsageError:
         continue
   assert set(with_sweeps) == {"vaanet_ve8.py", "vaanet_ekman6.py", "demo.py",
-                              "tsl_tsl300.py", "bpmgcn_emogait.py"}
+                              "tsl_tsl300.py", "bpmgcn_emogait.py", "cten_ve8.py",
+                              "cten_ekman6.py", "cten_caer.py"}
   for name, presets in with_sweeps.items():
     config = sweep.load_config(os.path.join(CONFIGS, name))
     for preset, rows in presets.items():
@@ -121,6 +122,9 @@ def test_ablation_presets_live_in_the_configs_and_use_their_keys():
   tsl = dict(with_sweeps["tsl_tsl300.py"]["ablations"])
   assert len(tsl) == 8 and tsl["cpc_paper_sign"] == {"loss.cpc_sign": "-1.0"}
   assert len(with_sweeps["bpmgcn_emogait.py"]["ablations"]) == 8  # test_bpmgcn_ablations.py
+  cten = dict(with_sweeps["cten_ve8.py"]["ablations"])
+  assert len(cten) == 8 and cten["no_erasing"] == {"erase.enabled": "False"}
+  assert with_sweeps["cten_ekman6.py"] == with_sweeps["cten_caer.py"] == with_sweeps["cten_ve8.py"]
   config = sweep.load_config(os.path.join(CONFIGS, "vaanet_ve8.py:smoke"))
   assert sweep.unknown_keys(config, ["model.nope", "loss.name"]) == ["model.nope"]
 
@@ -268,6 +272,30 @@ def test_attention_figure_from_a_swept_checkpoint(swept, smoke_data_dir, tmp_pat
   assert alpha.shape == (2, *res["alpha_grid"])
   # alpha = hw * softmax: mean 1 over the positions of each segment.
   np.testing.assert_allclose(alpha.reshape(2, -1).mean(-1), 1.0, rtol=1e-5)
+
+
+def test_predict_prints_the_distribution_and_draws_vaanet_figure(swept, smoke_data_dir,
+                                                                  tmp_path):
+  """python -m jaxaffect.predict on the same workdir: the same probabilities as the attention
+  tool's (same decode, same eval transform), its figure, and one-line errors."""
+  trained = swept[0] / "a"
+  video = sorted(glob.glob(os.path.join(smoke_data_dir, "raw", "*", "Joy", "*.mp4")))[0]
+  out = tmp_path / "pred.png"
+  r = subprocess.run([sys.executable, "-m", "jaxaffect.predict", "--config",
+                      "configs/demo.py:smoke", "--checkpoint", str(trained), "--out", str(out),
+                      video], cwd=ROOT, env=_env(smoke_data_dir), capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = r.stdout.strip().splitlines()
+  probs = {ln.split()[0]: float(ln.split()[1]) for ln in lines[:8]}
+  assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+  assert lines[8].startswith(f"video={video} top={max(probs, key=probs.get)} ")
+  assert "step=1" in lines[8] and out.stat().st_size > 10_000
+  bad = subprocess.run([sys.executable, "-m", "jaxaffect.predict", "--config",
+                        "configs/demo.py:smoke", "--checkpoint", str(trained),
+                        str(tmp_path / "none.mp4")], cwd=ROOT, env=_env(smoke_data_dir),
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and bad.stderr.strip().endswith("none.mp4: no such video file")
 
 
 # ------------------------------------------------------------------------------ aggregation

@@ -374,8 +374,7 @@ def test_cross_attention_weights_and_relu_projections_against_numpy():
 
 
 @pytest.mark.parametrize("t,s,masked,causal", [(9, 9, False, False), (9, 7, True, False),
-                                               (7, 7, False, True), (8, 5, True, False),
-                                               (8, 8, True, False)])
+                                               (7, 7, False, True)])
 def test_even_length_padding_for_cudnn_equals_unpadded_with_gradients(t, s, masked, causal):
   # The cuDNN path pads odd lengths (its backward has none); run that same padding through the
   # XLA kernel here (no GPU) and compare outputs and all three input gradients with the
@@ -396,9 +395,9 @@ def test_even_length_padding_for_cudnn_equals_unpadded_with_gradients(t, s, mask
   def padded(q, k, v):
     return attn_lib._attend_even_lengths(q, k, v, mask, causal, "xla")
 
-  np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), atol=1e-5)
+  np.testing.assert_allclose(jax.jit(padded)(q, k, v), jax.jit(plain)(q, k, v), atol=1e-5)
   cot = jax.random.normal(ks[3], (2, t, 4, 8))
-  g_plain = jax.grad(lambda *a: jnp.sum(plain(*a) * cot), argnums=(0, 1, 2))(q, k, v)
-  g_pad = jax.grad(lambda *a: jnp.sum(padded(*a) * cot), argnums=(0, 1, 2))(q, k, v)
+  grad = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * cot), argnums=(0, 1, 2)))
+  g_plain, g_pad = grad(plain)(q, k, v), grad(padded)(q, k, v)
   for a, b in zip(g_pad, g_plain):
     np.testing.assert_allclose(a, b, atol=1e-5)

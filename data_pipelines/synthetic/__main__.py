@@ -1,5 +1,5 @@
 """CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...]
-[--subtitles [--unlabelled N]] [--gait|--tsl].
+[--subtitles [--unlabelled N]] [--keyframes] [--gait|--tsl].
 """
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ def main(argv=None) -> int:
   p.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
   p.add_argument("--fps", type=int, default=10)
   p.add_argument("--sr", type=int, default=16000, help="audio sample rate")
-  p.add_argument("--min-duration", type=float, default=2.0)
-  p.add_argument("--max-duration", type=float, default=3.0)
+  p.add_argument("--min-duration", type=float, default=None, help="seconds (2; 4 with --keyframes)")
+  p.add_argument("--max-duration", type=float, default=None, help="seconds (3; 6 with --keyframes)")
+  p.add_argument("--keyframes", action="store_true",
+                 help="the class cue only during one emotional segment per clip, written to "
+                      "keyframes.json (CTEN's detection targets)")
   p.add_argument("--num-workers", type=int, default=None, help="processes (default: CPU count)")
   p.add_argument("--subtitles", action="store_true",
                  help="also write .srt subtitles, vocab.txt and lexicon.tsv (MART's text)")
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         a.out, seed=a.seed, num_train_per_class=a.num_train_per_class,
         num_test_per_class=a.num_test_per_class, size=a.size, fps=a.fps, sr=a.sr,
         min_duration=a.min_duration, max_duration=a.max_duration, num_workers=a.num_workers,
-        with_subtitles=a.subtitles, num_unlabelled=a.unlabelled,
+        with_subtitles=a.subtitles, num_unlabelled=a.unlabelled, keyframes=a.keyframes,
     )
   except (FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

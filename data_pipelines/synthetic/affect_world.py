@@ -23,6 +23,7 @@ from __future__ import annotations
 import colorsys
 import concurrent.futures as cf
 import dataclasses
+import json
 import multiprocessing
 import os
 import time
@@ -41,6 +42,8 @@ GROUP_MOTIONS = ("horizontal", "vertical", "circle", "pulse")
 GENERATOR_VERSION = 1
 UNLABELLED_DIR = "unlabelled"
 UNLABELLED_FACTOR = 5  # The default pool: 5x the labelled train split (issue #12).
+KEYFRAMES_FILE = "keyframes.json"  # The emotional segments of a `keyframes` world.
+KEYFRAME_LABEL = "keyframe"
 
 
 def class_index(group: int, cue: int) -> int:
@@ -77,9 +80,11 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np
 
 
 def render_frames(
-    group: int, n_frames: int, spec: ClipSpec, rng: np.random.Generator
+    group: int, n_frames: int, spec: ClipSpec, rng: np.random.Generator,
+    visible: np.ndarray | None = None,
 ) -> np.ndarray:
-  """uint8 [n_frames, size, size, 3]: one object of the group's family over a nuisance scene."""
+  """uint8 [n_frames, size, size, 3]: one object of the group's family over a nuisance scene;
+  `visible` (bool [n_frames]) hides the object in the other frames (same random draws)."""
   s = spec.size
   t = np.arange(n_frames, dtype=np.float32) / spec.fps
   # Scene nuisances: a low-saturation background with a gradient, noise and global brightness.
@@ -115,13 +120,17 @@ def render_frames(
   dx = xx[None] - px[:, None, None]
   dy = yy[None] - py[:, None, None]
   mask = _shape_mask(GROUP_SHAPES[group], dx, dy, r_t[:, None, None])
+  if visible is not None:
+    mask = mask & np.asarray(visible, bool)[:, None, None]
   frames = np.where(mask[..., None], color[None, None, None, :], bg[None])
   frames = frames + rng.normal(0, noise_sigma, size=frames.shape)
   return np.clip(frames * brightness, 0, 255).round().astype(np.uint8)
 
 
-def render_audio(cue: int, n_samples: int, spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
-  """float32 [n_samples] mono waveform in [-1, 1] carrying the audio cue plus nuisances."""
+def render_audio(cue: int, n_samples: int, spec: ClipSpec, rng: np.random.Generator,
+                 active: tuple[float, float] | None = None) -> np.ndarray:
+  """float32 [n_samples] mono waveform in [-1, 1] carrying the audio cue plus nuisances;
+  `active` (start, end) seconds keeps the tone there only, with 20 ms ramps (same draws)."""
   sr = spec.sr
   t = np.arange(n_samples, dtype=np.float64) / sr
   if cue == 0:
@@ -140,6 +149,10 @@ def render_audio(cue: int, n_samples: int, spec: ClipSpec, rng: np.random.Genera
   env[:onset] = 0.0
   fade = max(1, int(0.02 * sr))
   env[onset:onset + fade] *= np.linspace(0, 1, min(fade, max(0, n_samples - onset)))
+  if active is not None:
+    ramp = max(1, int(0.02 * sr))
+    window = ((t >= active[0]) & (t < active[1])).astype(np.float64)
+    env = env * np.convolve(window, np.ones(ramp) / ramp, mode="same")
   wave = tone * env / 1.75
   gain = rng.uniform(0.15, 0.6)
   noise = rng.normal(0, rng.uniform(0.02, 0.25), size=n_samples)
@@ -158,28 +171,50 @@ def render_clip(
   return frames, audio
 
 
-def _make_one(job: tuple) -> str:
-  path, seed, split, label, index, spec, with_subtitles = job
+def render_keyframe_clip(
+    label: int, spec: ClipSpec, rng: np.random.Generator, span_rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+  """(frames, audio, (start, end) s): a clip whose class cue (object and tone together) is on
+  only during one emotional segment of 30-50% of the clip, at a random place; the rest is the
+  scene and the audio noise. The segment comes from `span_rng`, the clip from `rng` (as
+  render_clip), so the ground truth is independent of the nuisances."""
+  group, cue = class_factors(label)
+  duration = rng.uniform(spec.min_duration, spec.max_duration)
+  n_frames = max(1, int(round(duration * spec.fps)))
+  length = span_rng.uniform(0.3, 0.5) * n_frames / spec.fps
+  start = span_rng.uniform(0.0, n_frames / spec.fps - length)
+  t = np.arange(n_frames) / spec.fps
+  frames = render_frames(group, n_frames, spec, rng, visible=(t >= start) & (t < start + length))
+  audio = render_audio(cue, int(round(n_frames / spec.fps * spec.sr)), spec, rng,
+                       active=(start, start + length))
+  return frames, audio, (float(start), float(start + length))
+
+
+def _make_one(job: tuple) -> tuple[str, float, tuple[float, float] | None]:
+  """(path, duration s, emotional segment or None) of one written clip."""
+  path, seed, split, label, index, spec, with_subtitles, keyframes = job
   rng = common.rng_for(seed, "ve8", split, label, index)
-  frames, audio = render_clip(label, spec, rng)
+  span = None
+  if keyframes:
+    frames, audio, span = render_keyframe_clip(
+        label, spec, rng, common.rng_for(seed, "ve8_keyframes", split, label, index))
+  else:
+    frames, audio = render_clip(label, spec, rng)
   common.write_mp4(path, frames, spec.fps, audio, spec.sr)
   if with_subtitles:  # Own random stream: the clip above is the same with or without.
     subtitles.write_clip_subtitles(
         os.path.splitext(path)[0] + ".srt", label, len(audio) / spec.sr,
         common.rng_for(seed, "ve8_srt", split, label, index))
-  return path
+  return path, len(frames) / spec.fps, span
 
 
-def _run_jobs(jobs: Sequence[tuple], num_workers: int) -> None:
+def _run_jobs(jobs: Sequence[tuple], num_workers: int) -> list:
   if num_workers <= 1 or len(jobs) < 8:
-    for job in jobs:
-      _make_one(job)
-    return
+    return [_make_one(job) for job in jobs]
   # spawn: safe whatever the parent imported (JAX, threads); each worker only needs av+numpy.
   ctx = multiprocessing.get_context("spawn")
   with cf.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
-    for _ in pool.map(_make_one, jobs, chunksize=4):
-      pass
+    return list(pool.map(_make_one, jobs, chunksize=4))
 
 
 def generate_ve8_style(
@@ -191,12 +226,13 @@ def generate_ve8_style(
     size: int = 64,
     fps: int = 10,
     sr: int = 16000,
-    min_duration: float = 2.0,
-    max_duration: float = 3.0,
+    min_duration: float | None = None,
+    max_duration: float | None = None,
     num_workers: int | None = None,
     verbose: bool = True,
     with_subtitles: bool = False,
     num_unlabelled: int | None = None,
+    keyframes: bool = False,
 ) -> str:
   """Writes a VE-8-style dataset (mp4 + classInd.txt + splits/*01.txt) into `out_dir`.
 
@@ -210,6 +246,11 @@ def generate_ve8_style(
   folders and split lists: an unlabelled pretraining pool from the same world, each clip of a
   class drawn uniformly from its own random stream (the DONE marker names it when > 0).
 
+  `keyframes` renders every labelled clip with its cue on during one emotional segment only
+  (render_keyframe_clip; clips 4-6 s unless the durations are given) and writes the segments
+  as `keyframes.json` (ActivityNet format: database/<key>/{subset, duration, annotations:
+  [{segment: [s, e], label: "keyframe"}]}): CTEN's weakly supervised detection targets.
+
   Deterministic in `seed` (byte-identical mp4s). Idempotent: a `DONE` marker with the
   parameters makes a repeated call a no-op; other parameters into a used directory raise.
   Files are named "<split>_<i>.mp4" in every class folder, so basenames repeat across classes
@@ -217,6 +258,10 @@ def generate_ve8_style(
   most 8) > 1 renders in spawned processes, so call it from a `__main__`-guarded script.
   Returns `out_dir`.
   """
+  if min_duration is None:
+    min_duration = 4.0 if keyframes else 2.0
+  if max_duration is None:
+    max_duration = 6.0 if keyframes else 3.0
   spec = ClipSpec(size=size, fps=fps, sr=sr, min_duration=min_duration, max_duration=max_duration)
   if size % 2:
     raise ValueError(f"size must be even (yuv420p), got {size}")
@@ -229,6 +274,8 @@ def generate_ve8_style(
   )
   if with_subtitles:
     params["with_subtitles"] = True
+  if keyframes:
+    params["keyframes"] = True
   if num_unlabelled is None:
     num_unlabelled = UNLABELLED_FACTOR * len(common.VE8_CLASSES) * num_train_per_class \
         if with_subtitles else 0
@@ -242,7 +289,7 @@ def generate_ve8_style(
       print(f"{out_dir}: already generated with these parameters; nothing to do.")
     return out_dir
   start = time.time()
-  jobs, train, test = [], [], []
+  jobs, train, test, job_keys = [], [], [], []
   for label, name in enumerate(common.VE8_CLASSES):
     os.makedirs(os.path.join(out_dir, name), exist_ok=True)
     for split, count, listing in (("train", num_train_per_class, train),
@@ -250,17 +297,25 @@ def generate_ve8_style(
       for i in range(count):
         key = f"{name}/{split}_{i:04d}"
         listing.append((key, label))
+        job_keys.append((key, split))
         jobs.append((os.path.join(out_dir, key + ".mp4"), int(seed), split, label, i, spec,
-                     bool(with_subtitles)))
+                     bool(with_subtitles), bool(keyframes)))
   if num_unlabelled:
     os.makedirs(os.path.join(out_dir, UNLABELLED_DIR), exist_ok=True)
   for i in range(num_unlabelled):
     label = int(common.rng_for(seed, "ve8_unlabelled_class", i).integers(len(common.VE8_CLASSES)))
     jobs.append((os.path.join(out_dir, UNLABELLED_DIR, f"clip_{i:05d}.mp4"), int(seed),
-                 UNLABELLED_DIR, label, i, spec, bool(with_subtitles)))
+                 UNLABELLED_DIR, label, i, spec, bool(with_subtitles), False))
   if num_workers is None:
     num_workers = min(len(os.sched_getaffinity(0)), 8)
-  _run_jobs(jobs, num_workers)
+  made = _run_jobs(jobs, num_workers)
+  if keyframes:
+    database = {k: {"subset": sp, "duration": round(dur, 6),
+                    "annotations": [{"segment": [round(span[0], 6), round(span[1], 6)],
+                                     "label": KEYFRAME_LABEL}]}
+                for (k, sp), (_, dur, span) in zip(job_keys, made)}  # labelled jobs come first
+    with open(os.path.join(out_dir, KEYFRAMES_FILE), "w") as f:
+      json.dump({"database": database}, f, indent=1, sort_keys=True)
   common.write_ve8_annotations(out_dir, common.VE8_CLASSES, train, test, split=1)
   if with_subtitles:
     subtitles.write_vocab(out_dir)

@@ -89,13 +89,17 @@ def per_process_iter(stream: grain.MapDataset, *, global_batch_size: int, proces
   return it_ds
 
 
-def train_dataset(source: Any, *, transform_cfg: TransformConfig | Mapping[str, Any],
-                  seed: int, global_batch_size: int, process_index: int,
+def train_dataset(source: Any, *,
+                  transform_cfg: TransformConfig | Mapping[str, Any] | None = None, seed: int, global_batch_size: int, process_index: int,
                   process_count: int, worker_count: int = 0,
                   read_threads: int | None = None,
                   prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
-                  single_blas_thread: bool = True) -> grain.IterDataset:
+                  single_blas_thread: bool = True,
+                  transform: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
   """Infinite, shuffled, augmented per-process batches (dicts of numpy arrays).
+
+  `transform` (a method's own per-record RandomMap, e.g. CTEN's) replaces the video-emotion
+  transform built from `transform_cfg`; the batch keys below are then the transform's.
 
   Batch: video uint8 [b, S, T, crop, crop, 3], audio float32 [b, A, F, M], label int32 [b],
   polarity int32 [b] (when the config has a table), with b = global_batch_size //
@@ -110,8 +114,9 @@ def train_dataset(source: Any, *, transform_cfg: TransformConfig | Mapping[str, 
   """
   if len(source) == 0:
     raise ValueError("train source is empty")
-  stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-            .random_map(VideoAudioTransform(transform_cfg, train=True)))
+  if transform is None:
+    transform = VideoAudioTransform(transform_cfg, train=True)
+  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None).random_map(transform)
   it_ds = per_process_iter(stream, global_batch_size=global_batch_size,
                            process_index=process_index, process_count=process_count,
                            worker_count=worker_count, read_threads=read_threads,

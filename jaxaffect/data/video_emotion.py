@@ -46,16 +46,23 @@ def _text_knobs(ds) -> dict:
   return dict(with_subtitles=True, num_unlabelled=None if n < 0 else n)
 
 
+def _world_knobs(ds) -> dict:
+  """`dataset.synthetic.keyframes` (CTEN: the cue during one emotional segment per clip, the
+  segments in keyframes.json) on top of the text knobs."""
+  return {**_text_knobs(ds), **({"keyframes": True} if ds.synthetic.get("keyframes", False)
+                                else {})}
+
+
 def _synthetic_folder(ds) -> tuple[str, dict | None]:
   syn = ds.synthetic
   return (f"seed{syn.seed}_n{syn.num_train_per_class}x{syn.num_test_per_class}",
-          _text_knobs(ds) or None)
+          _world_knobs(ds) or None)
 
 
 def _generator_kwargs(ds) -> dict:
   syn = ds.synthetic
   return dict(seed=int(syn.seed), num_train_per_class=int(syn.num_train_per_class),
-              num_test_per_class=int(syn.num_test_per_class), **_text_knobs(ds))
+              num_test_per_class=int(syn.num_test_per_class), **_world_knobs(ds))
 
 
 FAMILY = families.DatasetFamily(
@@ -67,3 +74,30 @@ FAMILY = families.DatasetFamily(
     generator_kwargs=_generator_kwargs, synthetic_folder=_synthetic_folder,
     raw_hint="download the dataset there", how="run the extraction",
     progress=True)  # Real video sets take minutes to extract.
+
+
+def decode_video(ds, path: str) -> dict:
+  """One video file -> the record the builder would store for it (`dataset.extraction`'s
+  settings: frames, MFCC, and MART's / CTEN's filter bank when `fbank_bins` is set), for
+  single-video prediction; decoded by the builder's own functions. A silent video gets zero
+  audio features whatever the no_audio_policy; an unreadable one is a one-line UserError."""
+  import dataclasses
+  import os
+
+  from data_pipelines import media  # deferred: the media stack
+  from data_pipelines.builders import video_emotion as builder
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: no such video file")
+  kw = extraction_kwargs(ds)
+  kw["split_index"] = kw.pop("split", 1)
+  kw["no_audio_policy"] = "zeros"
+  known = {f.name for f in dataclasses.fields(builder.VideoEmotionConfig)}
+  cfg = builder.VideoEmotionConfig(**{k: v for k, v in kw.items() if k in known})
+  key = os.path.basename(path)
+  try:
+    record, _ = builder.extract_example(path, key, 0, cfg)
+    if cfg.extras.enabled:
+      record.update(builder.extract_extras(path, key, cfg)[0])
+  except media.MediaError as e:
+    raise UserError(f"{path}: {e}") from None
+  return record

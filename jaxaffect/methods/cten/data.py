@@ -18,6 +18,7 @@ dataset.extraction.fbank_bins (M, 128).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import grain
@@ -83,38 +84,39 @@ class CtenTransform(grain.transforms.RandomMap):
     return out
 
 
-def _worker_init(worker_index: int, worker_count: int) -> None:
-  del worker_index, worker_count
-  pipeline.limit_blas_threads(1)
-
-
 def train_iterator(config, *, seed: int, global_batch_size: int, process_index: int,
                    process_count: int):
   """Infinite shuffled per-process batches (a checkpointable grain iterator)."""
-  cfg = data_config(config)
   ds = config.dataset
   source = families.open_source(video_emotion.FAMILY, ds, "train")
   if len(source) == 0:
     raise UserError(f"dataset {ds.name}: the train split is empty")
-  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-  stream = stream.random_map(CtenTransform(cfg, train=True))
-  worker_count = int(ds.get("worker_count", 0))
-  it = pipeline.per_process_iter(stream, global_batch_size=global_batch_size,
-                                 process_index=process_index, process_count=process_count,
-                                 worker_count=worker_count, worker_init_fn=_worker_init)
-  if worker_count <= 0:
-    pipeline.limit_blas_threads(1)
-  return iter(it)
+  return iter(pipeline.train_dataset(
+      source, transform=CtenTransform(data_config(config), train=True), seed=seed,
+      global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, worker_count=int(ds.get("worker_count", 0))))
+
+
+def _indexed_example(transform: CtenTransform, row: pipeline.EvalRow,
+                     rng: np.random.Generator) -> dict:
+  """The row's example plus "index" (its position in the eval source, an int that gathers
+  across hosts where the string key would not)."""
+  out = transform.random_map(row.record, rng)
+  out["index"] = np.int32(row.index)
+  return out
+
+
+def eval_source(config):
+  ds = config.dataset
+  return families.open_source(video_emotion.FAMILY, ds, ds.get("eval_split", "test"))
 
 
 def eval_batches(config, *, global_batch_size: int, process_index: int, process_count: int):
   """Per-process eval batches over `dataset.eval_split` in source order, padded and marked by
-  "_mask", plus "key"."""
+  "_mask", plus "key" and "index"."""
   cfg = data_config(config)
-  ds = config.dataset
-  source = families.open_source(video_emotion.FAMILY, ds, ds.get("eval_split", "test"))
   transform = CtenTransform(cfg, train=False, keep_key=True)
   return pipeline.padded_eval_batches(
-      source, pipeline.record_example(transform), global_batch_size=global_batch_size,
-      process_index=process_index, process_count=process_count,
-      seed=int(config.get("seed", 0)))
+      eval_source(config), functools.partial(_indexed_example, transform),
+      global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, seed=int(config.get("seed", 0)))

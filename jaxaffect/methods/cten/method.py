@@ -20,15 +20,20 @@ reduce ("sum" | "mean"), input ("features" | "frames")}, dataset.* (data.py).
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxaffect import config_lib
+from jaxaffect import evaluators
 from jaxaffect import method as base
 from jaxaffect.data import families
 from jaxaffect.data import video_emotion
 from jaxaffect.errors import UserError
+from jaxaffect.evaluation import keyframes
+from jaxaffect.evaluation import localization
 from jaxaffect.methods.cten import erasing
 from jaxaffect.methods.cten import model as cten_model
 
@@ -36,6 +41,7 @@ ERASE_RULES = ("paper", "legacy")
 ERASE_REDUCTIONS = ("sum", "mean")
 ERASE_INPUTS = ("features", "frames")
 VIEWS = ("original", "rest", "keyframes")
+KEYFRAMES_FILE = "keyframes.json"  # the synthetic world's (data_pipelines/synthetic)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -121,9 +127,36 @@ class Method(base.Method):
     return total, (metrics, state)
 
   def predict(self, params, model_state, batch):
+    """Logits, attentions and the original view's keyframes (erase.theta and erase.rule, as
+    the erasing in training) with a per-segment score: the min-max-normalised attention
+    (the mean of both modalities' under the paper's rule)."""
     out = self.model.apply({"params": params, **model_state}, **self.model_inputs(batch),
                            train=False)
-    return {"logits": out["logits"], "gamma": out["gamma"], "gamma_audio": out["gamma_audio"]}
+    e = self.config.erase
+    ga = out["gamma_audio"] if self.uses_audio else None
+    key, _ = erasing.keyframe_masks(out["gamma"], ga, float(e.theta), str(e.rule))
+    score = erasing.normalise(out["gamma"])[0]
+    if ga is not None and e.rule == "paper":
+      score = 0.5 * (score + erasing.normalise(ga)[0])
+    return {"logits": out["logits"], "gamma": out["gamma"], "gamma_audio": out["gamma_audio"],
+            "keyframes": key, "keyframe_score": score}
+
+  # ---- single videos (python -m jaxaffect.predict) -------------------------------------------
+  def example_from_video(self, path):
+    from jaxaffect.methods.cten import data  # deferred: grain + media stack
+    record = video_emotion.decode_video(self.config.dataset, path)
+    example = data.CtenTransform(data.data_config(self.config), train=False).random_map(
+        record, np.random.default_rng(0))
+    return {k: example[k] for k in ("video", "audio") if k in example and (
+        k != "audio" or self.uses_audio)}
+
+  def prediction_figure(self, example, outputs, path, title):
+    from jaxaffect.methods.cten import figures  # deferred: matplotlib
+    figures.three_views(example["video"], outputs, path, title,
+                        theta=float(self.config.erase.theta))
+
+  # "index": the eval record's position, for the keyframe evaluator's ground truth.
+  eval_label_keys = ("label", "index")
 
   # ---- data --------------------------------------------------------------------------------
   def prepare_data(self):
@@ -138,3 +171,30 @@ class Method(base.Method):
     from jaxaffect.methods.cten import data  # deferred: grain + media stack
     return data.eval_batches(self.config, global_batch_size=global_batch_size,
                              process_index=process_index, process_count=process_count)
+
+
+def _text(value) -> str:
+  v = np.asarray(value).item()
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@evaluators.register("cten_keyframes")
+def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
+                       chance_draws: int = 10) -> dict:
+  """Weakly supervised keyframe detection (evaluation/keyframes.py): the original view's
+  keyframes of each eval video against its annotated emotional segments, mAP at tIoU 0.1-0.5.
+  `ground_truth`: an ActivityNet-style JSON keyed by the builder's keys ("Class/name"); default
+  the synthetic world's keyframes.json (dataset.synthetic.keyframes=True)."""
+  from jaxaffect.methods.cten import data  # deferred: grain + media stack
+  config = method.config
+  path = ground_truth or os.path.join(families.raw_dir(video_emotion.FAMILY, config.dataset),
+                                      KEYFRAMES_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"evals: cten_keyframes needs keyframe annotations; {path} does not exist "
+                    f"(generate them with --config.dataset.synthetic.keyframes=True, or set "
+                    f"the evaluator's ground_truth to an annotation file)")
+  gt = localization.load_json(path, "keyframe ground truth")
+  source = data.eval_source(config)
+  keys = [_text(source[int(i)]["key"]) for i in fields["index"]]
+  return keyframes.evaluate(gt, keys, np.asarray(outputs["keyframes"]),
+                            np.asarray(outputs["keyframe_score"]), chance_draws=chance_draws)

@@ -113,6 +113,8 @@ class CTEN(nn.Module):
     follows) or "torch" (PyTorch's defaults: the released code never calls its init).
   backbone_bn: as VAANet's ("batch_stats" = the released train-mode BatchNorm of the frozen
     backbone, "running" = its running statistics always).
+  train_backbone: let the gradient into the 3D ResNet (the synthetic variants, which have no
+    pretrained weights); off = frozen, as released.
   """
   num_classes: int = 8
   num_segments: int = 16
@@ -132,6 +134,7 @@ class CTEN(nn.Module):
   attention_init: str = "vaanet"
   dropout_rate: float = 0.2
   backbone_bn: str = "batch_stats"
+  train_backbone: bool = False
   normalization: str = "vaanet_legacy"
   conv_impl: str = "auto"
   dtype: Any = jnp.float32
@@ -184,7 +187,7 @@ class CTEN(nn.Module):
 
   # ---- per-segment features -------------------------------------------------------------------
   def encode_visual(self, video: Array, train: bool) -> Array:
-    """uint8 [B, S, T, H, W, 3] -> [B, S, C] (no gradient: the backbone is frozen)."""
+    """uint8 [B, S, T, H, W, 3] -> [B, S, C] (no gradient unless train_backbone)."""
     if video.ndim != 6 or video.shape[-1] != 3:
       raise ValueError(f"video must be [B, S, T, H, W, 3], got {video.shape}")
     b, s = video.shape[:2]
@@ -192,8 +195,8 @@ class CTEN(nn.Module):
     x = _constrain(x.reshape((b * s,) + video.shape[2:]), None, None, None, None)
     ura = not train if self.backbone_bn == "batch_stats" else True
     y = self.visual_backbone(x, use_running_average=ura)
-    y = jnp.mean(y.astype(jnp.float32), axis=(1, 2, 3))  # the Hara AvgPool3d over layer4
-    return jax.lax.stop_gradient(y.reshape(b, s, -1))
+    y = jnp.mean(y.astype(jnp.float32), axis=(1, 2, 3)).reshape(b, s, -1)  # Hara's AvgPool3d
+    return y if self.train_backbone else jax.lax.stop_gradient(y)
 
   def encode_audio(self, audio: Array, train: bool) -> Array:
     """fbank [B, S, F, M] -> [B, S, E] (the audio branch trains)."""

@@ -94,7 +94,39 @@ class Method(base.Method):
   def predict(self, params, model_state, batch):
     out = self.model.apply({"params": params, **model_state}, **self.model_inputs(batch),
                            train=False)
-    return {"logits": out["logits"].astype(jnp.float32)}
+    return {"logits": out["logits"].astype(jnp.float32), "alpha": out["alpha"],
+            "gamma": out["gamma"], "audio_gamma": out["audio_gamma"]}
+
+  # ---- single videos (python -m jaxaffect.predict) -------------------------------------------
+  def example_from_video(self, path):
+    if self.visual_input != "frames":
+      raise UserError("python -m jaxaffect.predict decodes frames; this model reads cached "
+                      "backbone features (model.visual_input='features')")
+    from jaxaffect.data import video_transforms  # deferred: grain + media stack
+    record = video_emotion.decode_video(self.config.dataset, path)
+    out = video_transforms.VideoAudioTransform(self.transform_config(), train=False)(record)
+    return {"video": out["video"], "audio": out["audio"]}
+
+  def prediction_figure(self, example, outputs, path, title):
+    """The attention figure of `python -m jaxaffect.methods.vaanet.attention`."""
+    from jaxaffect.methods.vaanet import attention  # deferred: matplotlib
+    video = example["video"]
+    seg, t_len, crop = video.shape[:3]
+    alpha = np.asarray(outputs["alpha"], np.float64)
+    grid = attention.feature_grid(self, t_len, crop, alpha.shape[-1])
+    z = np.asarray(outputs["logits"], np.float64)
+    probs = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    names = list(self.config.dataset.get("class_names", ()))
+    m = self.model
+    attention.plot(dict(
+        video_path=title, workdir="", step="", frames=video[:, t_len // 2],
+        frame_index=t_len // 2, snippet_len=t_len, alpha=alpha.reshape(seg, *grid), grid=grid,
+        gamma=np.asarray(outputs["gamma"], np.float64),
+        audio_gamma=np.asarray(outputs["audio_gamma"], np.float64) if m.use_audio else None,
+        use_temporal_attention=bool(m.use_temporal_attention),
+        use_spatial_attention=bool(m.use_spatial_attention), probs=probs,
+        class_names=names if len(names) == len(probs) else [str(i) for i in range(len(probs))]),
+        path)
 
   # ---- data ------------------------------------------------------------------------------------
   def _feature_cache(self, split):

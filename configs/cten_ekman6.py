@@ -1,0 +1,40 @@
+"""CTEN on Ekman-6 (Xu et al., TAC 2016): 1,637 videos, 819 train / 818 test (CTEN's lists, or
+every other video of the sorted list when the lists are absent).
+
+  python -m jaxaffect.main --config configs/cten_ekman6.py --workdir ... \\
+      --config.dataset.manual_dir=/path/to/Ekman6   # <class>/<id>.<ext> (+ optional splits/)
+  ...:legacy, :legacy_visual as in configs/cten_ve8.py; :synthetic / :smoke run the same recipe
+  on the VE-8-style synthetic set (8 classes).
+
+Same model and recipe as configs/cten_ve8.py (the released code trains every dataset alike).
+Polarity (for the polarity metrics only; CTEN's loss is plain CE): joy and surprise positive, as
+configs/vaanet_ekman6.py. Ablations: configs/cten_ve8.py's rows (--preset ablations).
+"""
+from jaxaffect import config_lib
+
+EKMAN6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
+EKMAN6_POLARITY = (0, 0, 0, 1, 0, 1)
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, legacy=False, legacy_visual=False, synthetic=False, smoke=False)
+  flags = ",".join(k for k in ("legacy", "legacy_visual", "synthetic", "smoke") if a[k])
+  c = config_lib.sibling_config(__file__, "cten_ve8.py", flags or None)
+  if a.synthetic or a.smoke:
+    return c  # the synthetic set is VE-8-style
+  steps_per_epoch = 819 // 32
+  c.total_steps = 100 * steps_per_epoch
+  c.checkpoint.every_steps = steps_per_epoch
+  c.eval_every_steps = 10 * steps_per_epoch
+  d = c.dataset
+  d.name = "ekman6"
+  d.split = 1
+  d.num_classes = 6
+  d.class_names = EKMAN6_CLASSES
+  d.polarity = EKMAN6_POLARITY
+  return c
+
+
+def get_sweeps():
+  """configs/cten_ve8.py's rows: same model, same keys."""
+  return config_lib.sibling_module(__file__, "cten_ve8.py").get_sweeps()
