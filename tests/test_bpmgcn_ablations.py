@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +57,7 @@ def test_preset_rows_and_exact_parameter_counts():
   for name, overrides in rows.items():
     c = _config("smoke", overrides)
     c.dataset.num_frames = 48
+    c.model.num_blocks = 10  # :smoke keeps 5
     s = trainer.setup(c, prepare_data=False)  # builds the model; no data, nothing compiled
     total, trainable = summary.param_counts(s)
     assert total == trainable == EXPECTED[name], name
@@ -75,7 +77,21 @@ def test_stream_and_head_switches_build_only_their_parameters():
   assert _params()[1] == 7_287_192 and _params(fusion="none")[1] == 7_272_024
 
 
+def test_num_blocks_keeps_the_first_blocks_and_their_fusions():
+  p, n = _params(num_blocks=5)
+  assert {k for k in p if k[0] == "l"} == {f"l{i}_{s}" for i in range(1, 6) for s in "pm"}
+  assert "fusion1" in p and "fusion2" not in p
+  assert nn.unbox(p["fc1_classifier_p"]["kernel"]).shape[0] == 128  # block 5's channels
+  full = _params()[0]
+  blocks = lambda q: sum(x.size for k, v in q.items() if k[0] == "l"  # noqa: E731
+                         for x in jax.tree.leaves(v))
+  assert blocks(p) == sum(x.size for i in range(1, 6) for s in "pm"
+                          for x in jax.tree.leaves(full[f"l{i}_{s}"]))
+
+
 @pytest.mark.parametrize("kw,match", [
+    (dict(num_blocks=0), "num_blocks must be in 1..10"),
+    (dict(num_blocks=11), "num_blocks must be in 1..10"),
     (dict(streams="posture"), "fusion='none'"),           # default fusion="code"
     (dict(streams="movement", fusion="paper"), "fusion='none'"),
     (dict(streams="left"), "streams must be one of"),

@@ -261,6 +261,9 @@ class BPMGCN(nn.Module):
   affective_head: build fc2_aff (the affective-constraint regression, 382,416 params at T=48)
     on the posture stream; False removes it and the "affective" output (the "without the
     affective constraint" rows; the method then needs loss.affective_weight=0).
+  num_blocks: the first N of the 10 blocks per stream (the fusions after blocks 4/7/10 that
+    exist; heads on the last block's channels). 10 is the paper; fewer is a depth ablation and
+    the `:smoke` variant's 5 (half the compile).
   dtype: compute dtype; params, BN statistics, softmaxes and logits stay float32.
   """
   num_classes: int = 4
@@ -270,13 +273,15 @@ class BPMGCN(nn.Module):
   mask_padding: bool = True
   streams: str = "both"
   affective_head: bool = True
+  num_blocks: int = len(CHANNELS)
   dtype: Any = None
 
   def _stream(self, suffix: str) -> list[GCNBlock]:
     adj = egait_adjacency()
     return [GCNBlock(c, adj, stride=s, residual=i > 0, dtype=self.dtype,
                      name=f"l{i + 1}_{suffix}")
-            for i, (c, s) in enumerate(zip(CHANNELS, STRIDES))]
+            for i, (c, s) in enumerate(zip(CHANNELS[:self.num_blocks],
+                                           STRIDES[:self.num_blocks]))]
 
   @property
   def has_posture(self) -> bool:
@@ -297,6 +302,8 @@ class BPMGCN(nn.Module):
       raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
     if self.streams not in STREAMS:
       raise ValueError(f"streams must be one of {STREAMS}, got {self.streams!r}")
+    if not 1 <= self.num_blocks <= len(CHANNELS):
+      raise ValueError(f"num_blocks must be in 1..{len(CHANNELS)}, got {self.num_blocks}")
     if self.streams != "both" and self.fusion != "none":
       raise ValueError(f"streams={self.streams!r} has no other stream to fuse with: set "
                        f"fusion='none' (got fusion={self.fusion!r})")
@@ -320,8 +327,8 @@ class BPMGCN(nn.Module):
     if self.has_movement:
       x_m = gait_features.motion_channels(skeleton, mask if self.mask_padding else None)
       x_m = data_bn(x_m, "data_bn_m")
-    blocks_p = self._stream("p") if self.has_posture else [None] * len(CHANNELS)
-    blocks_m = self._stream("m") if self.has_movement else [None] * len(CHANNELS)
+    blocks_p = self._stream("p") if self.has_posture else [None] * self.num_blocks
+    blocks_m = self._stream("m") if self.has_movement else [None] * self.num_blocks
     for i, (blk_p, blk_m) in enumerate(zip(blocks_p, blocks_m), start=1):
       if blk_p is not None:
         x_p = blk_p(x_p, train)
