@@ -115,3 +115,37 @@ def test_missing_key_is_one_line(files):
     converters.mart_backbones(vsd, bad, c, sources={"ast": "ast.pth"})
   msg = str(e.value)
   assert "\n" not in msg and "ast.pth" in msg and "module.v.norm.weight" in msg
+
+
+def test_cli_with_bert_directory_restores_the_text_encoder(files, tmp_path):
+  """--bert DIR (a transformers save_pretrained folder, model.safetensors) fills params/text
+  with hf_convert.bert's mapping of that file; without --bert the text stays the init."""
+  transformers = pytest.importorskip("transformers")
+  from jaxaffect.methods.mart.encoders import BertEncoder
+  c, tmp, _, _ = files
+  t, e = c.model.text, c.model.hidden_size
+  cfg = transformers.BertConfig(vocab_size=t.vocab_size, hidden_size=e,
+                                num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+                                intermediate_size=t.mlp_dim, max_position_embeddings=t.max_positions,
+                                type_vocab_size=2)
+  torch.manual_seed(5)
+  bert = _randomized(transformers.BertModel(cfg), 6)
+  bert_dir = tmp_path / "bert"
+  bert.save_pretrained(str(bert_dir), safe_serialization=True)
+  assert (bert_dir / "model.safetensors").exists()
+  out = str(tmp_path / "out")
+  assert cli.main(["mart-backbones", "--config", SMOKE, "--videomae", str(tmp / "videomae.pth"),
+                   "--ast", str(tmp / "ast.pth"), "--bert", str(bert_dir), out]) == 0
+  meta = store.read_meta(out)
+  assert meta["subtrees"] == ["params/mbt", "params/text"]
+  assert "params/text" not in meta["info"]["not_covered_keep_init"]
+
+  fresh = _fresh(c)
+  params, _ = store.restore_converted(out, fresh, {})
+  sd = {k: v.numpy() for k, v in bert.state_dict().items()}
+  want = hf_convert.bert(sd, BertEncoder(
+      vocab_size=t.vocab_size, hidden_size=e, num_layers=t.num_layers, num_heads=t.num_heads,
+      mlp_dim=t.mlp_dim, max_positions=t.max_positions)).variables["params"]
+  got = jax.tree.map(np.asarray, params["text"])
+  jax.tree.map(np.testing.assert_array_equal, got, jax.tree.map(np.asarray, want))
+  assert not np.array_equal(jax.tree.leaves(got)[0], jax.tree.leaves(fresh["text"])[0])
