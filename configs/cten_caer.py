@@ -14,9 +14,7 @@ positive so the binary table stays defined (inferred; override --config.dataset.
 Ablations: configs/cten_ve8.py's rows (--preset ablations).
 """
 from jaxaffect import config_lib
-
-CAER_CLASSES = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
-CAER_POLARITY = (0, 0, 0, 1, 1, 0, 1)
+from jaxaffect.data.emotion_datasets import CAER
 
 
 def get_config(arg=None):
@@ -26,17 +24,14 @@ def get_config(arg=None):
   c = config_lib.sibling_config(__file__, "cten_ve8.py", flags or None)
   if a.synthetic or a.smoke:
     return c  # the synthetic set is VE-8-style
-  steps_per_epoch = 9240 // 32  # about 70% of 13,201 clips
+  steps_per_epoch = CAER.steps_per_epoch(32)  # about 70% of 13,201 clips
   c.total_steps = 100 * steps_per_epoch
   c.checkpoint.every_steps = steps_per_epoch
   c.eval_every_steps = 10 * steps_per_epoch
   c.evals = dict(eval=dict(type="classification"))
   d = c.dataset
-  d.name = "caer"
+  CAER.apply(d)
   d.split = 1
-  d.num_classes = 7
-  d.class_names = CAER_CLASSES
-  d.polarity = CAER_POLARITY
   d.eval_split = a.eval_split
   return c
 

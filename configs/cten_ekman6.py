@@ -11,9 +11,7 @@ Polarity (for the polarity metrics only; CTEN's loss is plain CE): joy and surpr
 configs/vaanet_ekman6.py. Ablations: configs/cten_ve8.py's rows (--preset ablations).
 """
 from jaxaffect import config_lib
-
-EKMAN6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
-EKMAN6_POLARITY = (0, 0, 0, 1, 0, 1)
+from jaxaffect.data.emotion_datasets import EKMAN6
 
 
 def get_config(arg=None):
@@ -22,16 +20,12 @@ def get_config(arg=None):
   c = config_lib.sibling_config(__file__, "cten_ve8.py", flags or None)
   if a.synthetic or a.smoke:
     return c  # the synthetic set is VE-8-style
-  steps_per_epoch = 819 // 32
+  steps_per_epoch = EKMAN6.steps_per_epoch(32)
   c.total_steps = 100 * steps_per_epoch
   c.checkpoint.every_steps = steps_per_epoch
   c.eval_every_steps = 10 * steps_per_epoch
-  d = c.dataset
-  d.name = "ekman6"
-  d.split = 1
-  d.num_classes = 6
-  d.class_names = EKMAN6_CLASSES
-  d.polarity = EKMAN6_POLARITY
+  EKMAN6.apply(c.dataset)
+  c.dataset.split = 1
   return c
 
 

@@ -20,9 +20,7 @@ original view only; the release's best-of-three on the test split is not reprodu
 Ablations: get_sweeps() (python -m jaxaffect.tools.sweep --config ... --preset ablations).
 """
 from jaxaffect import config_lib
-
-VE8_CLASSES = ("Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust")
-VE8_POLARITY = (0, 1, 0, 0, 1, 0, 1, 1)
+from jaxaffect.data.emotion_datasets import VE8
 
 
 def get_config(arg=None):
@@ -33,7 +31,7 @@ def get_config(arg=None):
   c.seed = 0
   c.batch_size = 32
   c.eval_batch_size = 32
-  steps_per_epoch = 732 // 32  # split 1: 732 training videos, drop_last; 100 epochs
+  steps_per_epoch = VE8.steps_per_epoch(32)  # split 1: 732 training videos; 100 epochs
   c.total_steps = 100 * steps_per_epoch
   # The code's Adam, lr 2e-4, weight decay 5e-4 added to the gradient (torch's coupled L2).
   c.optimizer.update(name="adam", learning_rate=2e-4, weight_decay=5e-4)
@@ -46,13 +44,11 @@ def get_config(arg=None):
   c.evals = dict(eval=dict(type="classification"))
 
   d = c.dataset
+  VE8.apply(d)
   d.name = "synthetic_ve8" if (a.synthetic or a.keyframes or a.smoke) else "ve8"
   d.manual_dir = ""
   d.split = a.split
   d.auto_prepare = bool(a.synthetic or a.keyframes or a.smoke)
-  d.num_classes = 8
-  d.class_names = VE8_CLASSES
-  d.polarity = VE8_POLARITY
   d.eval_split = "test"
   d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20, keyframes=False)
   d.extraction = dict(fps=0.0, frame_short_side=128, max_frames=4096, audio_sr=44100, n_mfcc=32,

@@ -25,9 +25,8 @@ port: loss.distribution=True adds the paper's temporal emotion-distribution targ
 documented reconstruction (README, "MART"; off by default and in :released, needs a lexicon).
 """
 from jaxaffect import config_lib
+from jaxaffect.data.emotion_datasets import VE8
 
-VE8_CLASSES = ("Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust")
-VE8_POLARITY = (0, 1, 0, 0, 1, 0, 1, 1)
 # The MART-only modules the release never hands to its optimiser (defect 3).
 RELEASED_FROZEN = ("decoder/.*", "mask_token", "tacl/.*", "text/.*")
 
@@ -62,13 +61,11 @@ def get_config(arg=None):
   c.evals = dict(eval=dict(type="classification"))
 
   d = c.dataset
+  VE8.apply(d)
   d.name = "synthetic_ve8" if (a.synthetic or a.smoke) else "ve8"
   d.manual_dir = ""
   d.split = a.split
   d.auto_prepare = bool(a.synthetic or a.smoke)
-  d.num_classes = 8
-  d.class_names = VE8_CLASSES
-  d.polarity = VE8_POLARITY
   d.eval_split = "test"
   d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20, subtitles=True,
                      unlabelled=-1)

@@ -12,9 +12,7 @@ as positive (inferred, consistent with VE-8, where Surprise is positive). Overri
 Ablations: configs/vaanet_ve8.py's rows (--preset ablations).
 """
 from jaxaffect import config_lib
-
-EKMAN6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
-EKMAN6_POLARITY = (0, 0, 0, 1, 0, 1)
+from jaxaffect.data.emotion_datasets import EKMAN6
 
 
 def get_config(arg=None):
@@ -24,18 +22,14 @@ def get_config(arg=None):
     flags = ",".join(k for k in ("synthetic", "smoke") if a[k])
     return config_lib.sibling_config(__file__, "vaanet_ve8.py", flags)
   c = config_lib.sibling_config(__file__, "vaanet_ve8.py", None)
-  steps_per_epoch = 819 // 32
+  steps_per_epoch = EKMAN6.steps_per_epoch(32)
   c.total_steps = 100 * steps_per_epoch
   c.checkpoint.every_steps = steps_per_epoch
   c.eval_every_steps = 10 * steps_per_epoch
   # top-1, mean-class and per-class accuracy, polarity accuracy, confusion matrix (test split).
   c.evals = dict(eval=dict(type="classification"))
-  d = c.dataset
-  d.name = "ekman6"
-  d.split = 1
-  d.num_classes = 6
-  d.class_names = EKMAN6_CLASSES
-  d.polarity = EKMAN6_POLARITY
+  EKMAN6.apply(c.dataset)
+  c.dataset.split = 1
   return c
 
 

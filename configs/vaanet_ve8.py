@@ -16,10 +16,7 @@ Ablations: get_sweeps() below (python -m jaxaffect.tools.sweep --config ... --pr
 configs/vaanet_ekman6.py and configs/demo.py use the same rows.
 """
 from jaxaffect import config_lib
-
-VE8_CLASSES = ("Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust")
-# Positive: Anticipation, Joy, Surprise, Trust (the released code's pcce_ve8 table).
-VE8_POLARITY = (0, 1, 0, 0, 1, 0, 1, 1)
+from jaxaffect.data.emotion_datasets import VE8
 
 
 def get_config(arg=None):
@@ -29,7 +26,7 @@ def get_config(arg=None):
   c.seed = 0
   c.batch_size = 32
   c.eval_batch_size = 32
-  steps_per_epoch = 732 // 32  # VE-8 split 1 has 732 training videos; 100 epochs
+  steps_per_epoch = VE8.steps_per_epoch(32)  # split 1: 732 training videos; 100 epochs
   c.total_steps = 100 * steps_per_epoch
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-4
@@ -43,13 +40,11 @@ def get_config(arg=None):
   c.evals = dict(eval=dict(type="classification"))
 
   d = c.dataset
+  VE8.apply(d)  # name, classes and polarity (positive: Anticipation, Joy, Surprise, Trust)
   d.name = "synthetic_ve8" if a.synthetic else "ve8"
   d.manual_dir = ""
   d.split = a.split
   d.auto_prepare = bool(a.synthetic)
-  d.num_classes = 8
-  d.class_names = VE8_CLASSES
-  d.polarity = VE8_POLARITY
   d.eval_split = "test"
   d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20)
   # Offline extraction (one folder per setting): frames at native fps, short side 128 (the

@@ -34,11 +34,11 @@ import os
 import re
 from typing import Iterable, Sequence
 
-VE8_CLASSES = (
-    "Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust"
-)
-EK6_CLASSES = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
-CAER_CLASSES = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+from jaxaffect.data import emotion_datasets
+
+VE8_CLASSES = emotion_datasets.VE8.class_names
+EK6_CLASSES = emotion_datasets.EKMAN6.class_names
+CAER_CLASSES = emotion_datasets.CAER.class_names
 LAYOUT_CLASSES = {"ve8": VE8_CLASSES, "ekman6": EK6_CLASSES, "caer": CAER_CLASSES}
 LAYOUTS = tuple(LAYOUT_CLASSES)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".flv", ".mkv", ".webm", ".mov", ".m4v", ".3gp", ".wmv",

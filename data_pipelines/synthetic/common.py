@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import av
 import numpy as np
 
-VE8_CLASSES = (
-    "Anger", "Anticipation", "Disgust", "Fear", "Joy", "Sadness", "Surprise", "Trust"
-)
-# Positive polarity on VE-8 (as in VAANet's PCCE): Anticipation, Joy, Surprise, Trust.
-VE8_POLARITY = (0, 1, 0, 0, 1, 0, 1, 1)
+from jaxaffect.data import emotion_datasets
+
+# The synthetic world is VE-8-style: its classes and polarity are VE-8's.
+VE8_CLASSES = emotion_datasets.VE8.class_names
+VE8_POLARITY = emotion_datasets.VE8.polarity
 
 DONE_FILE = "DONE"
 _PENDING_FILE = ".generating.json"

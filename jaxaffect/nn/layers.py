@@ -164,10 +164,9 @@ def _conv_hybrid_fwd(x, kernel, strides, padding):
 
 def _foldable(kshape, strides, padding) -> bool:
   """Some spatial dims have a size-1 kernel (unpadded) and some a wider one: BPM-GCN's (9, 1)."""
-  nd = len(kshape) - 2
-  unit = [i for i in range(nd) if kshape[i] == 1 and padding[i] == 0]
-  return bool(unit) and any(kshape[i] > 1 for i in range(nd)) and len(unit) + sum(
-      kshape[i] > 1 for i in range(nd)) == nd
+  del strides  # any stride folds
+  wide = [k > 1 for k in kshape[:-2]]
+  return any(wide) and not all(wide) and all(w or p == 0 for w, p in zip(wide, padding))
 
 
 def _kernel_grad_folded(x, g, kshape, strides, padding):
@@ -333,17 +332,21 @@ def dense(features: int, *, axes: tuple[str | None, str | None] = ("embed", "mlp
       kernel_init=nn.with_logical_partitioning(kernel_init, axes), bias_init=bias_init,
       name=name)
 
-def _batch_stats(xf: Array, w: Array | None) -> tuple[Array, Array, Array]:
+def _entry_count(x: Array, w: Array | None) -> int | Array:
+  """Entries per channel the batch statistics average over: all, or the real ones (>= 1)."""
+  return math.prod(x.shape[:-1]) if w is None else jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _batch_stats(xf: Array, w: Array | None) -> tuple[Array, Array, int | Array]:
   """Per-channel mean and biased variance over all axes but the last (real entries only when
   weights `w` [..., 1] are given), and the entry count n. Two passes (mean, then the mean
   squared deviation), as PyTorch: E[x^2] - E[x]^2 cancels catastrophically in float32 when
   |mean| >> std (BPM-GCN's train-mode gradients drifted by ~1% of their scale with it)."""
   axes = tuple(range(xf.ndim - 1))
+  n = _entry_count(xf, w)
   if w is None:
-    n = jnp.asarray(math.prod(xf.shape[:-1]), xf.dtype)
     mean = jnp.mean(xf, axes)
     return mean, jnp.mean(jnp.square(xf - mean), axes), n
-  n = jnp.maximum(jnp.sum(w), 1.0)
   mean = jnp.sum(xf * w, axes) / n
   return mean, jnp.sum(jnp.square(xf - mean) * w, axes) / n, n
 
@@ -432,8 +435,7 @@ class BatchNorm(nn.Module):
       y, mean, var = batch_norm_train(xf, scale.astype(sdt), bias.astype(sdt), w,
                                       self.epsilon)
       if not self.is_initializing():
-        n = (math.prod(x.shape[:-1]) if w is None else
-             jax.lax.stop_gradient(jnp.maximum(jnp.sum(w), 1.0)))
+        n = _entry_count(x, w)
         upd_var = var * (n / jnp.maximum(n - 1, 1)) if self.unbiased_running_var else var
         m = self.momentum
         ra_mean.value = (m * ra_mean.value + (1.0 - m) * mean).astype(ra_mean.value.dtype)
