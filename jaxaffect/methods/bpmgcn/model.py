@@ -163,7 +163,11 @@ class AdaptiveGraphConv(nn.Module):
     # transpose of the activations (the "bktwc" form cost XLA:CPU a transpose per block).
     a = jnp.broadcast_to(jnp.transpose(adj, (0, 3, 1, 2))[:, None], (b, t, v, k_sub, v))
     agg = jnp.einsum("btwkv,btvc->btwkc", a.astype(x.dtype), x)
-    y = jnp.einsum("btwkc,kcd->btwd", agg, wd) + jnp.sum(bd, 0)
+    # One [B*T*V, K*C] @ [K*C, D] matmul. Written as an einsum contracting (k, c), XLA:CPU
+    # ordered the contraction (c, k) and transposed the activations to match: a full pass
+    # over agg per block (64 channels: 30 -> 10 ms for this product alone).
+    y = (agg.reshape(b * t * v, k_sub * cin) @ wd.reshape(k_sub * cin, -1)).reshape(
+        b, t, v, -1) + jnp.sum(bd, 0)
     y = BatchNorm(scale_init=nn.initializers.constant(1e-6), dtype=self.dtype,
                   name="bn")(y, use_running_average=not train)
     if cin != self.features:
