@@ -133,3 +133,43 @@ def test_cues_carry_the_class_factors():
   # Polarity table follows VAANet: Anticipation, Joy, Surprise, Trust are positive.
   assert [c for c, p in zip(common.VE8_CLASSES, common.VE8_POLARITY) if p] == [
       "Anticipation", "Joy", "Surprise", "Trust"]
+
+
+def test_runs_preparing_one_data_dir_take_turns(tmp_path):
+  """Two runs started together on a fresh data dir (a sweep, two terminals): the second waits
+  on the data dir's prepare lock while the first generates and extracts, then finds it done;
+  before the lock they wrote the same temporary files and one failed."""
+  import threading
+  import time
+
+  from jaxaffect import config_lib
+  from jaxaffect import method as methods
+  from jaxaffect.data import families
+  from jaxaffect.data import video_emotion
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = config_lib.sibling_config(os.path.join(root, "configs", "x.py"), "demo.py", "smoke")
+  c.dataset.data_dir = str(tmp_path)
+  raw = families.raw_dir(video_emotion.FAMILY, c.dataset)
+  errors = []
+
+  def prepare():
+    try:
+      methods.get_method(c).prepare_data()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  with families._preparing(raw, str(tmp_path)):  # another process holds the lock
+    waiting = threading.Thread(target=prepare)
+    waiting.start()
+    time.sleep(1.0)
+    assert waiting.is_alive() and not os.path.exists(raw)
+  both = [threading.Thread(target=prepare) for _ in range(2)]
+  for t in both:
+    t.start()
+  for t in [waiting, *both]:
+    t.join(timeout=300)
+  assert not errors, errors
+  assert os.path.exists(os.path.join(raw, common.DONE_FILE))
+  train = families.open_source(video_emotion.FAMILY, c.dataset, "train")
+  assert len(train) == 16  # 8 classes x 2 clips

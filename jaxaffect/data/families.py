@@ -16,14 +16,19 @@ family costs no import of the media stack or tensorflow_datasets.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import importlib
+import logging
 import os
 import zlib
 from typing import Any, Callable
 
 from jaxaffect.data import sources
 from jaxaffect.errors import PathNotFound, UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +106,39 @@ def _builder(family: DatasetFamily, ds, *, build: bool):
                                     build=build, progress=family.progress)
 
 
+@contextlib.contextmanager
+def _preparing(raw: str, data_dir: str):
+  """An exclusive `flock` on <data_dir>/.<raw folder>.prepare.lock for the block: runs that
+  start together on a fresh data dir (a sweep, two terminals) prepare it one after the other,
+  and the later ones find it done, instead of writing the same files at once. The kernel drops
+  the lock when its holder dies."""
+  path = os.path.join(data_dir, f".{os.path.basename(raw.rstrip('/'))}.prepare.lock")
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError:  # a read-only data dir holds a finished extraction or fails below, by name
+    yield
+    return
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log.info("another process is preparing %s; waiting for it", raw)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
 def prepare(family: DatasetFamily, ds) -> None:
-  """Generates (synthetic only) and extracts the dataset if not done yet. Process 0 only."""
+  """Generates (synthetic only) and extracts the dataset if not done yet, one process per
+  data dir at a time. Process 0 only."""
   raw = raw_dir(family, ds)
+  with _preparing(raw, _expand(ds.data_dir)):
+    _prepare(family, ds, raw)
+
+
+def _prepare(family: DatasetFamily, ds, raw: str) -> None:
   if ds.name in family.synthetic:
     if not ds.get("auto_prepare", True) and not os.path.isdir(raw):
       raise PathNotFound(f"dataset: raw folder {raw} does not exist (dataset.auto_prepare is off)")
