@@ -107,7 +107,8 @@ def get_config(arg=None):
   c.mask = dict(intra_weight=0.9, clip_prob=0.5, hint_pool=0.1, hint_ratio=0.1, ratio_base=0.1,
                 ratio_slope=0.8, ratio_cap=0.5, schedule_epochs=100)
   c.loss = dict(pcce_lambda=0.5, rec_weight=0.05, comp_weight=1.0, cls_weight=1.0,
-                cls_c_weight=1.0, dist_weight=1.0, cpc_sign=1.0, distribution=False)
+                cls_c_weight=1.0, dist_weight=1.0, cpc_sign=1.0, distribution=False,
+                rec_target="normalized")
 
   if a.released:
     c.frozen_params = c.frozen_params + RELEASED_FROZEN

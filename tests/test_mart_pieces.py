@@ -113,6 +113,11 @@ def test_normalized_pixel_targets_against_a_per_tubelet_loop():
         want = (px - px.mean(0)) / (px.std(0, ddof=1) + 1e-6)
         np.testing.assert_allclose(out[1, i], want.reshape(-1), rtol=1e-4, atol=1e-4)
         i += 1
+  # loss.rec_target="pixels": the same tokens, plain pixels scaled to [-1, 1].
+  plain = np.asarray(losses.pixel_targets(jnp.asarray(video)))
+  cube = video[0, 2:4, 16:32, 0:16]                       # token (t=1, h=1, w=0) = index 6
+  np.testing.assert_allclose(plain[0, 6], cube.reshape(-1) / 127.5 - 1.0, atol=1e-6)
+  assert plain.min() >= -1.0 and plain.max() <= 1.0
 
 
 def test_masked_reconstruction_loss_by_hand():

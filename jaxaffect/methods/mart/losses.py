@@ -27,6 +27,16 @@ def normalized_pixel_targets(video: Array, tubelet: Sequence[int] = (2, 16, 16),
   return ((px - mean) / (std + eps)).reshape(b, n, -1)
 
 
+def pixel_targets(video: Array, tubelet: Sequence[int] = (2, 16, 16)) -> Array:
+  """The plain-pixel target (MAE without norm_pix_loss): video [B, T, H, W, C] in 0-255 ->
+  [B, N, prod(tubelet) * C] in [-1, 1], ordered as normalized_pixel_targets. A flat patch keeps
+  its colour here, where the normalised target is its codec noise over a tiny std."""
+  return patches.patchify(video.astype(jnp.float32), tubelet) / 127.5 - 1.0
+
+
+REC_TARGETS = ("normalized", "pixels")
+
+
 def masked_reconstruction_loss(pred: Array, target: Array, mask: Array,
                                eps: float = 1e-5) -> Array:
   """MSE over the feature dim per token, summed over masked tokens (mask True) of the whole

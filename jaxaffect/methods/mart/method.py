@@ -5,7 +5,8 @@ Steps [0, pretrain.steps) are stage 1 (pretrain_model.MART.pretrain):
   L = rec_weight * L_rec + comp_weight * L_comp + cls_weight * L_cls + cls_c_weight * L_cls_c
       + dist_weight * L_dist (loss.distribution: the reconstructed temporal emotion
       distribution, KL from each segment's lexicon mood histogram to a head on its masked video)
-  L_rec: MSE to the normalised tubelet pixels over the masked patches; L_comp: TACL's CPC term
+  L_rec: MSE to the normalised tubelet pixels over the masked patches (loss.rec_target=
+  "pixels": the plain pixels in [-1, 1], MAE without norm_pix_loss); L_comp: TACL's CPC term
   times loss.cpc_sign (+1 as released, -1 as MMIM); L_cls: PCCE of the audio head plus PCCE of
   the video head (each on segment means); L_cls_c: the same over TACL's two heads. Examples
   without a label (label -1: the unlabelled pool) count in L_rec and L_comp only.
@@ -66,6 +67,8 @@ class Method(base.Method):
     if not 0 <= self.stage1_steps:
       raise UserError(f"config.pretrain.steps must be >= 0, got {self.stage1_steps}")
     config_lib.check_choice("pretrain.data", c.pretrain.data, PRETRAIN_DATA)
+    config_lib.check_choice("loss.rec_target", c.loss.get("rec_target", "normalized"),
+                            mart_losses.REC_TARGETS)
     ema = c.get("ema", None)
     if ema is not None and float(ema.decay) > 0 and int(ema.start_step) != self.stage1_steps:
       raise UserError(f"config.ema.start_step={ema.start_step} but pretrain.steps="
@@ -148,8 +151,11 @@ class Method(base.Method):
                            rngs={"masking": k_mask, "dropout": k_drop})
     b, ns = batch["video"].shape[:2]
     video = batch["video"].reshape((b * ns,) + batch["video"].shape[2:])
-    target = mart_losses.normalized_pixel_targets(video, (int(self.config.model.tubelet_size),)
-                                                  + (int(self.config.model.patch_size),) * 2)
+    tubelet = (int(self.config.model.tubelet_size),) + (int(self.config.model.patch_size),) * 2
+    if lc.get("rec_target", "normalized") == "pixels":
+      target = mart_losses.pixel_targets(video, tubelet)
+    else:
+      target = mart_losses.normalized_pixel_targets(video, tubelet)
     terms = {"rec": mart_losses.masked_reconstruction_loss(out["reconstruction"], target,
                                                            out["mask"])}
     words_mask = batch["text_mask"].reshape(b * ns, -1).astype(bool)
