@@ -45,8 +45,11 @@ def _use_replica_parallel_only_across_processes() -> None:
   multi = jax.process_count() > 1
   if getattr(_use_replica_parallel_only_across_processes, "set_for", None) == multi:
     return
+  # Keep the rest of Orbax's default handler (its per-host array-metadata store).
+  store = getattr(ocp.type_handlers.get_type_handler(jax.Array), "_array_metadata_store", None)
   ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=multi), override=True)
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=multi,
+                                                array_metadata_store=store), override=True)
   _use_replica_parallel_only_across_processes.set_for = multi
 
 

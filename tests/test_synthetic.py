@@ -159,7 +159,7 @@ def test_runs_preparing_one_data_dir_take_turns(tmp_path):
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
 
-  with families._preparing(raw, str(tmp_path)):  # another process holds the lock
+  with families.preparing(raw, str(tmp_path)):  # another process holds the lock
     waiting = threading.Thread(target=prepare)
     waiting.start()
     time.sleep(1.0)

@@ -107,7 +107,7 @@ def _builder(family: DatasetFamily, ds, *, build: bool):
 
 
 @contextlib.contextmanager
-def _preparing(raw: str, data_dir: str):
+def preparing(raw: str, data_dir: str):
   """An exclusive `flock` on <data_dir>/.<raw folder>.prepare.lock for the block: runs that
   start together on a fresh data dir (a sweep, two terminals) prepare it one after the other,
   and the later ones find it done, instead of writing the same files at once. The kernel drops
@@ -134,7 +134,7 @@ def prepare(family: DatasetFamily, ds) -> None:
   """Generates (synthetic only) and extracts the dataset if not done yet, one process per
   data dir at a time. Process 0 only."""
   raw = raw_dir(family, ds)
-  with _preparing(raw, _expand(ds.data_dir)):
+  with preparing(raw, _expand(ds.data_dir)):
     _prepare(family, ds, raw)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import grain
 import numpy as np
 
-from jaxaffect.data import audio_transforms
+from jaxaffect.data import audio_visual
 from jaxaffect.data import families
 from jaxaffect.data import pipeline
 from jaxaffect.data import video_emotion
@@ -64,19 +64,10 @@ class CtenTransform(grain.transforms.RandomMap):
     cfg = self.cfg
     key = element.get("key", "?")
     try:
-      video = video_transforms.sample_snippets(element["video"], cfg.video, rng,
-                                               train=self.train)
-      randomize = self.train or cfg.video.legacy_random_eval
-      fbank = audio_transforms.fbank_segments(element["fbank"], cfg.video.num_segments,
-                                              cfg.audio_frames, rng if randomize else None)
-      label = int(element["label"])
-      out = dict(video=video, audio=audio_transforms.ast_normalize(fbank).astype(np.float32),
-                 label=np.int32(label))
-      table = cfg.video.polarity
-      if table:
-        if not 0 <= label < len(table):
-          raise ValueError(f"label {label} outside the polarity table (len {len(table)})")
-        out["polarity"] = np.int32(table[label])
+      video, audio = audio_visual.snippets_and_fbank(
+          element, cfg.video, cfg.video.num_segments, cfg.audio_frames, rng, train=self.train)
+      out = dict(video=video, audio=audio,
+                 **audio_visual.label_fields(element, cfg.video.polarity))
     except (KeyError, ValueError) as e:
       raise ValueError(f"record {key!r}: {type(e).__name__}: {e}") from e
     if self.keep_key:

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from jaxaffect.data import audio_transforms
+from jaxaffect.data import audio_visual
 from jaxaffect.data import families
 from jaxaffect.data import pipeline
 from jaxaffect.data import video_emotion
@@ -207,24 +207,11 @@ class MartTransform(grain.transforms.RandomMap):
     cfg = self.cfg
     key = element.get("key", "?")
     try:
-      video = video_transforms.sample_snippets(element["video"], cfg.video, rng,
-                                               train=self.train)
-      randomize = self.train or cfg.video.legacy_random_eval
-      fbank = audio_transforms.fbank_segments(element["fbank"], cfg.num_segments,
-                                              cfg.audio_frames, rng if randomize else None)
-      if self.train and (cfg.freq_mask or cfg.time_mask):
-        ns, frames, bins = fbank.shape
-        fbank = audio_transforms.spec_augment(fbank.reshape(ns * frames, bins), cfg.freq_mask,
-                                              cfg.time_mask, rng).reshape(ns, frames, bins)
-      out = dict(video=video, fbank=audio_transforms.ast_normalize(fbank).astype(np.float32),
-                 **text_features(element, cfg))
-      label = int(element["label"]) if "label" in element else -1
-      out["label"] = np.int32(label)
-      table = cfg.video.polarity
-      if table:
-        if label >= len(table):
-          raise ValueError(f"label {label} outside the polarity table (len {len(table)})")
-        out["polarity"] = np.int32(table[label] if label >= 0 else -1)
+      video, fbank = audio_visual.snippets_and_fbank(
+          element, cfg.video, cfg.num_segments, cfg.audio_frames, rng, train=self.train,
+          freq_mask=cfg.freq_mask, time_mask=cfg.time_mask)
+      out = dict(video=video, fbank=fbank, **text_features(element, cfg),
+                 **audio_visual.label_fields(element, cfg.video.polarity, unlabelled=True))
     except (KeyError, ValueError) as e:
       raise ValueError(f"record {key!r}: {type(e).__name__}: {e}") from e
     if self.keep_key:
@@ -245,7 +232,9 @@ def prepare(config) -> None:
   if _reads_labelled(config):
     families.prepare(video_emotion.FAMILY, config.dataset)
   if _reads_pool(config):
-    _pool_builder(config, build=True)
+    # The pool's extraction under a lock of its own, as the labelled set's (families.prepare).
+    with families.preparing(_pool_data_dir(config), os.path.expanduser(config.dataset.data_dir)):
+      _pool_builder(config, build=True)
 
 
 # ----------------------------------------------------------------------------- unlabelled pool
