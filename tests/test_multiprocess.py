@@ -1,5 +1,9 @@
 """Two processes (launch/local.sh, gloo CPU collectives) train like one and restore across
-processes. A file of its own so pytest-xdist can run it beside test_end_to_end."""
+processes. The toy method (tests/toy_method.py) keeps the compiles small: the multi-process
+launches compile cold (no shared cache there), and what is under test is the multi-host path
+(jax.distributed, cross-process collectives and FSDP gathers, one iterator state per process,
+restore across processes), which is the same for every method; each method's per-process
+input split is tested in its data tests."""
 import json
 import os
 import subprocess
@@ -7,21 +11,38 @@ import sys
 
 import numpy as np
 
-from test_end_to_end import ROOT, _cmd, _env, _train_losses, data_dir  # noqa: F401
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_two_processes_equal_one_and_restore(tmp_path, data_dir):
+def _env():
+  return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+              JAX_PLATFORMS="cpu")
+
+
+def _args(wd, *extra):
+  # data=2 x fsdp=2 over the 4 devices: the parameters are split across the two processes.
+  return ["--config", "tests/configs/toy.py", "--workdir", str(wd), "--config.mesh.data=2",
+          "--config.mesh.fsdp=2", *extra]
+
+
+def _train_losses(wd):
+  return [(r["step"], r["train/loss"]) for r in map(json.loads, open(os.path.join(wd,
+          "metrics.jsonl"))) if "train/loss" in r]
+
+
+def test_two_processes_equal_one_and_restore(tmp_path):
   extra = ["--config.total_steps=5", "--config.checkpoint.every_steps=5"]
   one = tmp_path / "one"
-  subprocess.run(_cmd(one, data_dir, *extra), cwd=ROOT, env=_env(), check=True,
-                 capture_output=True, timeout=600)
+  subprocess.run([sys.executable, "-m", "jaxaffect.main", *_args(one, *extra)], cwd=ROOT,
+                 env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                 check=True, capture_output=True, timeout=600)
   two = tmp_path / "two"
   env = dict(_env(), CPU_DEVICES_PER_PROCESS="2", PYTHON=sys.executable)
-  env.pop("XLA_FLAGS")
+  env.pop("XLA_FLAGS", None)
   # No shared compilation cache here: with it the restoring launch aborted in jax.distributed
   # twice in full test runs (never alone); the multi-process runs compile their own programs.
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir, *extra)[3:]],
+  r = subprocess.run(["bash", "launch/local.sh", "2", *_args(two, *extra)],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   a, b = _train_losses(one), _train_losses(two)
@@ -31,9 +52,9 @@ def test_two_processes_equal_one_and_restore(tmp_path, data_dir):
                 if f.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
   # Restore across the two processes and train on (a deliberate change: recorded).
-  r = subprocess.run(["bash", "launch/local.sh", "2", *_cmd(two, data_dir,
-                      "--config.total_steps=7", "--config.checkpoint.every_steps=5",
-                      "--config.resume_changes=allow")[3:]],
+  r = subprocess.run(["bash", "launch/local.sh", "2", *_args(
+                      two, "--config.total_steps=7", "--config.checkpoint.every_steps=5",
+                      "--config.resume_changes=allow")],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   steps_logged = [s for s, _ in _train_losses(two)]
