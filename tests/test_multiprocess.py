@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_end_to_end import ROOT, _train_losses
 
 
 def _env():
@@ -23,11 +23,6 @@ def _args(wd, *extra):
   # data=2 x fsdp=2 over the 4 devices: the parameters are split across the two processes.
   return ["--config", "tests/configs/toy.py", "--workdir", str(wd), "--config.mesh.data=2",
           "--config.mesh.fsdp=2", *extra]
-
-
-def _train_losses(wd):
-  return [(r["step"], r["train/loss"]) for r in map(json.loads, open(os.path.join(wd,
-          "metrics.jsonl"))) if "train/loss" in r]
 
 
 def test_two_processes_equal_one_and_restore(tmp_path):

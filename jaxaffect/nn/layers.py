@@ -361,9 +361,7 @@ def batch_norm_train(xf: Array, scale: Array, bias: Array, w: Array | None, eps:
   dx, where autodiff of the forward left XLA:CPU several passes and broadcasts per layer (the
   BatchNorm backward fusions were about a sixth of BPM-GCN's CPU step). Cotangents of the
   returned mean/var (running statistics never take gradients, but a caller may) are included."""
-  mean, var, _ = _batch_stats(xf, w)
-  y = (xf - mean) * (scale * lax.rsqrt(var + eps)) + bias
-  return y, mean, var
+  return _bn_fwd(xf, scale, bias, w, eps)[0]
 
 
 def _bn_fwd(xf, scale, bias, w, eps):

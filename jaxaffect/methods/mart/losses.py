@@ -34,7 +34,8 @@ def pixel_targets(video: Array, tubelet: Sequence[int] = (2, 16, 16)) -> Array:
   return patches.patchify(video.astype(jnp.float32), tubelet) / 127.5 - 1.0
 
 
-REC_TARGETS = ("normalized", "pixels")
+# loss.rec_target -> the target function.
+REC_TARGETS = {"normalized": normalized_pixel_targets, "pixels": pixel_targets}
 
 
 def masked_reconstruction_loss(pred: Array, target: Array, mask: Array,

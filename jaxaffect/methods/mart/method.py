@@ -67,8 +67,8 @@ class Method(base.Method):
     if not 0 <= self.stage1_steps:
       raise UserError(f"config.pretrain.steps must be >= 0, got {self.stage1_steps}")
     config_lib.check_choice("pretrain.data", c.pretrain.data, PRETRAIN_DATA)
-    config_lib.check_choice("loss.rec_target", c.loss.get("rec_target", "normalized"),
-                            mart_losses.REC_TARGETS)
+    self.rec_target = mart_losses.REC_TARGETS[config_lib.check_choice(
+        "loss.rec_target", c.loss.get("rec_target", "normalized"), tuple(mart_losses.REC_TARGETS))]
     ema = c.get("ema", None)
     if ema is not None and float(ema.decay) > 0 and int(ema.start_step) != self.stage1_steps:
       raise UserError(f"config.ema.start_step={ema.start_step} but pretrain.steps="
@@ -152,10 +152,7 @@ class Method(base.Method):
     b, ns = batch["video"].shape[:2]
     video = batch["video"].reshape((b * ns,) + batch["video"].shape[2:])
     tubelet = (int(self.config.model.tubelet_size),) + (int(self.config.model.patch_size),) * 2
-    if lc.get("rec_target", "normalized") == "pixels":
-      target = mart_losses.pixel_targets(video, tubelet)
-    else:
-      target = mart_losses.normalized_pixel_targets(video, tubelet)
+    target = self.rec_target(video, tubelet)
     terms = {"rec": mart_losses.masked_reconstruction_loss(out["reconstruction"], target,
                                                            out["mask"])}
     words_mask = batch["text_mask"].reshape(b * ns, -1).astype(bool)
