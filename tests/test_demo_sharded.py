@@ -1,15 +1,14 @@
-"""The demo (VAANet :smoke) on a mesh with every axis split equals one device. A file of its own
-so pytest-xdist runs it beside test_end_to_end's kill -9 test (CI time)."""
+"""The demo (VAANet :smoke) on a mesh with every axis split equals one device."""
 import jax
 import numpy as np
 
 import toy_method
 from jaxaffect import method as methods
-from test_end_to_end import _config, data_dir  # noqa: F401
+from test_end_to_end import _config
 
 
-def test_demo_smoke_sharded_equals_single_device(data_dir):
-  c = _config(data_dir)
+def test_demo_smoke_sharded_equals_single_device(smoke_data_dir):
+  c = _config(smoke_data_dir)
   method = methods.get_method(c)
   method.prepare_data()
   ref, _, start = toy_method.train_losses(method, c, jax.devices()[:1])
