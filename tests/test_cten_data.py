@@ -17,6 +17,11 @@ from jaxaffect.methods.cten import data as cten_data
 from jaxaffect.methods.cten import method as cten_method
 
 
+def _text(value) -> str:
+  v = np.asarray(value).item()
+  return v.decode() if isinstance(v, bytes) else str(v)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   c = config_lib.load("configs/cten_ve8.py:keyframes,smoke", lock=False)
@@ -31,8 +36,10 @@ def test_world_annotations_and_batches(setup):
   raw = families.raw_dir(video_emotion.FAMILY, c.dataset)
   gt = json.load(open(os.path.join(raw, cten_method.KEYFRAMES_FILE)))["database"]
   source = cten_data.eval_source(c)
-  keys = [cten_method._text(source[i]["key"]) for i in range(len(source))]
+  keys = [_text(source[i]["key"]) for i in range(len(source))]
   assert len(keys) == 8 and all(gt[k]["subset"] == "test" for k in keys)
+  # The evaluator's key lookup reads the same keys without decoding the frames.
+  assert cten_data.eval_keys(c, [5, 0, 7]) == [keys[5], keys[0], keys[7]]
   for k in keys:
     (s, e), = [a["segment"] for a in gt[k]["annotations"]]
     assert 0 <= s < e <= gt[k]["duration"] and 4.0 <= gt[k]["duration"] <= 6.0 + 1e-6
@@ -60,7 +67,7 @@ def test_keyframe_evaluator_reads_the_ground_truth_through_the_index(setup):
   order = np.array([3, 0, 7, 5, 1, 2, 6, 4])  # outputs in any order: the index carries the key
   kf = np.zeros((8, s), bool)
   for row, i in enumerate(order):
-    k = cten_method._text(source[int(i)]["key"])
+    k = _text(source[int(i)]["key"])
     (a, b), = [x["segment"] for x in gt[k]["annotations"]]
     d = gt[k]["duration"]
     centres = (np.arange(s) + 0.5) * d / s

@@ -154,12 +154,13 @@ def _prepare(family: DatasetFamily, ds, raw: str) -> None:
   _builder(family, ds, build=True)
 
 
-def open_source(family: DatasetFamily, ds, split: str):
-  """The random-access source of one split (records as in the builder's features), every
-  shard checked (sources.open_split)."""
+def open_source(family: DatasetFamily, ds, split: str, decoders=None):
+  """The random-access source of one split (records as in the builder's features, or as
+  `decoders` decode them), every shard checked (sources.open_split)."""
   if family.splits and split not in family.splits:
     *head, last = family.splits
     names = f"{', '.join(head)} and {last}" if head else last
     raise UserError(f"{family.title} has the splits {names}, not {split!r}")
   return sources.open_split(ds, split, tfds_dir(family, ds),
-                            lambda: _builder(family, ds, build=False), family.how)
+                            lambda: _builder(family, ds, build=False), family.how,
+                            decoders=decoders)

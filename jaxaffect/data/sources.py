@@ -133,10 +133,12 @@ class CheckedSource:
     return f"CheckedSource({self._inner!r})"
 
 
-def open_split(ds, split: str, data: str, open_builder, how: str):
+def open_split(ds, split: str, data: str, open_builder, how: str, decoders=None):
   """The random-access source of `split` from the built shards in `data`; `how` says how to
   build them when missing. Every shard's index is opened once here (a truncated or overwritten
-  shard is a one-line error naming it); damage found later, when a record is read, is one too."""
+  shard is a one-line error naming it); damage found later, when a record is read, is one too.
+  `decoders`: tfds decoders (e.g. tfds.decode.PartialDecoding({"key": True}) reads a record's
+  key without decoding its frames)."""
   if not os.path.isdir(data):
     raise PathNotFound(f"dataset: data directory {data} does not exist; {how} first "
                        "(or enable dataset.auto_prepare for synthetic data)")
@@ -155,6 +157,6 @@ def open_split(ds, split: str, data: str, open_builder, how: str):
     why = shard_problem(os.fspath(fi.filename), int(fi.examples_in_shard))
     if why is not None:
       raise _damaged(ds.name, os.fspath(fi.filename), why, folder)
-  return CheckedSource(builder.as_data_source(split=split),
+  return CheckedSource(builder.as_data_source(split=split, decoders=decoders),
                        [(os.fspath(fi.filename), int(fi.take)) for fi in instructions],
                        ds.name, folder)

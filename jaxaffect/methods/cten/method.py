@@ -173,11 +173,6 @@ class Method(base.Method):
                              process_index=process_index, process_count=process_count)
 
 
-def _text(value) -> str:
-  v = np.asarray(value).item()
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 @evaluators.register("cten_keyframes")
 def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
                        chance_draws: int = 10) -> dict:
@@ -194,7 +189,6 @@ def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
                     f"(generate them with --config.dataset.synthetic.keyframes=True, or set "
                     f"the evaluator's ground_truth to an annotation file)")
   gt = localization.load_json(path, "keyframe ground truth")
-  source = data.eval_source(config)
-  keys = [_text(source[int(i)]["key"]) for i in fields["index"]]
+  keys = data.eval_keys(config, fields["index"])
   return keyframes.evaluate(gt, keys, np.asarray(outputs["keyframes"]),
                             np.asarray(outputs["keyframe_score"]), chance_draws=chance_draws)
