@@ -154,13 +154,14 @@ def _prepare(family: DatasetFamily, ds, raw: str) -> None:
   _builder(family, ds, build=True)
 
 
-def open_source(family: DatasetFamily, ds, split: str, decoders=None):
-  """The random-access source of one split (records as in the builder's features, or as
-  `decoders` decode them), every shard checked (sources.open_split)."""
+def open_source(family: DatasetFamily, ds, split: str, decode_only=None):
+  """The random-access source of one split (records as in the builder's features; with
+  `decode_only`, those features decoded and the rest left as bytes), every shard checked
+  (sources.open_split)."""
   if family.splits and split not in family.splits:
     *head, last = family.splits
     names = f"{', '.join(head)} and {last}" if head else last
     raise UserError(f"{family.title} has the splits {names}, not {split!r}")
   return sources.open_split(ds, split, tfds_dir(family, ds),
                             lambda: _builder(family, ds, build=False), family.how,
-                            decoders=decoders)
+                            decode_only=decode_only)

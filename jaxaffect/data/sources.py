@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+from typing import Sequence
 
 from jaxaffect.errors import PathNotFound, UserError
 
@@ -133,12 +134,13 @@ class CheckedSource:
     return f"CheckedSource({self._inner!r})"
 
 
-def open_split(ds, split: str, data: str, open_builder, how: str, decoders=None):
+def open_split(ds, split: str, data: str, open_builder, how: str,
+               decode_only: Sequence[str] | None = None):
   """The random-access source of `split` from the built shards in `data`; `how` says how to
   build them when missing. Every shard's index is opened once here (a truncated or overwritten
   shard is a one-line error naming it); damage found later, when a record is read, is one too.
-  `decoders`: tfds decoders (e.g. tfds.decode.PartialDecoding({"key": True}) reads a record's
-  key without decoding its frames)."""
+  `decode_only`: decode just these features and leave the others as stored bytes (e.g. a
+  record's key without decompressing its frames)."""
   if not os.path.isdir(data):
     raise PathNotFound(f"dataset: data directory {data} does not exist; {how} first "
                        "(or enable dataset.auto_prepare for synthetic data)")
@@ -157,6 +159,12 @@ def open_split(ds, split: str, data: str, open_builder, how: str, decoders=None)
     why = shard_problem(os.fspath(fi.filename), int(fi.examples_in_shard))
     if why is not None:
       raise _damaged(ds.name, os.fspath(fi.filename), why, folder)
+  decoders = None
+  if decode_only is not None:
+    import tensorflow_datasets as tfds  # loaded already: the builder is a tfds builder
+    # tfds' array-record source takes one decoder per feature, not PartialDecoding.
+    decoders = {n: tfds.decode.SkipDecoding() for n in builder.info.features
+                if n not in decode_only}
   return CheckedSource(builder.as_data_source(split=split, decoders=decoders),
                        [(os.fspath(fi.filename), int(fi.take)) for fi in instructions],
                        ds.name, folder)

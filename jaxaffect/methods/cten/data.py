@@ -97,20 +97,16 @@ def _indexed_example(transform: CtenTransform, row: pipeline.EvalRow,
   return out
 
 
-def eval_source(config, decoders=None):
+def eval_source(config, decode_only=None):
   ds = config.dataset
   return families.open_source(video_emotion.FAMILY, ds, ds.get("eval_split", "test"),
-                              decoders=decoders)
+                              decode_only=decode_only)
 
 
 def eval_keys(config, indices) -> list[str]:
   """The builder keys ("Class/name") of the eval records at `indices`, read without decoding
   their frames, audio or fbank (the keyframe evaluator's lookup)."""
-  import tensorflow_datasets as tfds  # deferred: heavy import, as in families
-  names = eval_source(config).dataset_info.features.keys()
-  # Every other feature left undecoded (tfds' array-record source takes per-feature decoders,
-  # not PartialDecoding).
-  source = eval_source(config, {n: tfds.decode.SkipDecoding() for n in names if n != "key"})
+  source = eval_source(config, decode_only=("key",))
   out = []
   for i in indices:
     key = np.asarray(source[int(i)]["key"]).item()
