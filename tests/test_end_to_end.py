@@ -47,16 +47,21 @@ def _env():
               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
 
 
+def _toy_args(wd, *extra):
+  """jaxaffect.main arguments of the toy method (tests/toy_method.py) on data=2 x fsdp=2 (over
+  4 devices, or two processes of 2: the parameters are split)."""
+  return ["--config", "tests/configs/toy.py", "--workdir", str(wd), "--config.mesh.data=2",
+          "--config.mesh.fsdp=2", *extra]
+
+
 def _cmd(wd, *extra):
-  # The toy method (tests/toy_method.py) on data=2 x fsdp=2: the kill, the half-written
-  # checkpoint directory it may leave, the stale workdir lock, and the restore of parameters,
-  # optimizer state and grain iterator state are the platform's, the same for every method;
-  # each method's own iterator state has its data test (test_input_pipeline,
-  # test_tsl_data, ...). A 0.4 s delay per batch keeps the run alive long enough to be killed
-  # between its checkpoints, however fast the machine.
-  return [sys.executable, "-m", "jaxaffect.main", "--config", "tests/configs/toy.py",
-          "--workdir", str(wd), "--config.mesh.data=2", "--config.mesh.fsdp=2",
-          "--config.dataset.delay_s=0.4", *extra]
+  # The toy method: the kill, the half-written checkpoint directory it may leave, the stale
+  # workdir lock, and the restore of parameters, optimizer state and grain iterator state are
+  # the platform's, the same for every method; each method's own iterator state has its data
+  # test (test_input_pipeline, test_tsl_data, ...). A 0.4 s delay per batch keeps the run alive
+  # long enough to be killed between its checkpoints, however fast the machine.
+  return [sys.executable, "-m", "jaxaffect.main",
+          *_toy_args(wd, "--config.dataset.delay_s=0.4", *extra)]
 
 
 def _train_losses(wd):

@@ -11,26 +11,14 @@ import sys
 
 import numpy as np
 
-from test_end_to_end import ROOT, _train_losses
-
-
-def _env():
-  return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
-              JAX_PLATFORMS="cpu")
-
-
-def _args(wd, *extra):
-  # data=2 x fsdp=2 over the 4 devices: the parameters are split across the two processes.
-  return ["--config", "tests/configs/toy.py", "--workdir", str(wd), "--config.mesh.data=2",
-          "--config.mesh.fsdp=2", *extra]
+from test_end_to_end import ROOT, _env, _toy_args as _args, _train_losses
 
 
 def test_two_processes_equal_one_and_restore(tmp_path):
   extra = ["--config.total_steps=5", "--config.checkpoint.every_steps=5"]
   one = tmp_path / "one"
   subprocess.run([sys.executable, "-m", "jaxaffect.main", *_args(one, *extra)], cwd=ROOT,
-                 env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-                 check=True, capture_output=True, timeout=600)
+                 env=_env(), check=True, capture_output=True, timeout=600)  # 4 devices
   two = tmp_path / "two"
   env = dict(_env(), CPU_DEVICES_PER_PROCESS="2", PYTHON=sys.executable)
   env.pop("XLA_FLAGS", None)
