@@ -46,6 +46,20 @@ def test_sharded_step_equals_single_device(mesh):
   assert mus and mus[0]["Dense_0"]["kernel"].sharding.spec == kernel.sharding.spec
 
 
+def test_init_program_is_compiled_at_o1_on_cpu_with_the_default_values():
+  """steps.init_compiler_options: the init program's cheaper LLVM pipeline changes no value."""
+  c = toy_method.toy_config(data=2, fsdp=2, tensor=2)
+  s = steps.build(c, toy_method.ToyMethod(c), shd.make_mesh(c.mesh))
+  assert steps.init_compiler_options(s.mesh) == {"xla_backend_optimization_level": 1}
+  with s.context():
+    fast = jax.device_get(s.init_fn(jax.random.key(3)))
+    default = jax.device_get(jax.jit(s.init_fn.__wrapped__)(jax.random.key(3)))
+  leaves = jax.tree.leaves(fast)
+  assert len(leaves) == len(jax.tree.leaves(default)) > 4
+  for a, b in zip(leaves, jax.tree.leaves(default)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_grad_accumulation_matches_full_batch():
   # BatchNorm makes microbatches differ from the full batch, so compare a step on a BN-free view:
   # the loss reported with accumulation is the mean of the microbatch losses.
