@@ -16,6 +16,7 @@ the batch and cannot be cached (README, "VAANet at paper fidelity" and "CTEN").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -68,8 +69,9 @@ def backbone(config) -> tuple[ResNet3D, dict[str, Any]]:
   net = ResNet3D(int(m.visual_depth), int(m.visual_width),
                  conv1_t_size=int(m.get("conv1_t_size", 7)), conv_impl=m.conv_impl)
   snippet = (1, int(ds.snippet_len), int(ds.crop_size), int(ds.crop_size), 3)
-  variables = net.init(jax.random.key(int(config.seed)), np.zeros(snippet, np.float32),
-                       use_running_average=True)
+  # Jitted: one compile (kept by a persistent compilation cache) instead of every op's own.
+  init = jax.jit(functools.partial(net.init, use_running_average=True))
+  variables = init(jax.random.key(int(config.seed)), jnp.zeros(snippet, jnp.float32))
   paths = [p.strip() for p in str(config.get("init_from", "")).split(",") if p.strip()]
   # The converted checkpoint(s) covering the visual backbone (others, e.g. audio, are skipped).
   paths = [p for p in paths if "params/visual_backbone" in
