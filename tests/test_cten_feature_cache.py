@@ -40,7 +40,8 @@ def cache(tmp_path_factory, smoke_data_dir):
   out = str(tmp_path_factory.mktemp("cten_cache") / "cache")
   r = subprocess.run([sys.executable, "-m", "jaxaffect.methods.cten.feature_cache",
                       "--config", "configs/cten_ve8.py:smoke", "--out", out, "--views",
-                      str(VIEWS), "--batch_size", "4", f"--config.dataset.data_dir={smoke_data_dir}"],
+                      str(VIEWS), "--batch_size", "4",
+                      f"--config.dataset.data_dir={smoke_data_dir}"],
                      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
@@ -134,6 +135,16 @@ def test_mismatches_fail_in_one_line_naming_the_key(cache, smoke_data_dir, tmp_p
   _one_line_error(_config(smoke_data_dir, str(tmp_path / "vaanet")), r"pooled \[S, C\]")
   with pytest.raises(UserError, match=r"jaxaffect\.predict"):
     get_method(_config(smoke_data_dir, cache)).example_from_video("clip.mp4")
+
+
+def test_batch_stats_bn_from_the_cache_is_flagged(cache, smoke_data_dir, caplog):
+  c = _config(smoke_data_dir, cache)
+  c.model.backbone_bn = "batch_stats"  # the released train-mode BatchNorm: not what was cached
+  get_method(c)
+  assert any("changes the legacy BatchNorm behaviour" in r.getMessage() for r in caplog.records)
+  caplog.clear()
+  get_method(_config(smoke_data_dir, cache))  # backbone_bn="running": nothing to flag
+  assert not any("BatchNorm" in r.getMessage() for r in caplog.records)
 
 
 def test_train_and_evaluate_from_the_cache(cache, smoke_data_dir, tmp_path):

@@ -1,8 +1,8 @@
 """Frozen-backbone feature cache, shared by the methods that run a frozen 3D ResNet per
 snippet (VAANet, CTEN). Each method has a thin CLI that supplies its example transform:
 
-    python -m jaxaffect.methods.vaanet.feature_cache --config ... --out DIR [--views 4] [--batch_size 8]
-    python -m jaxaffect.methods.cten.feature_cache --config ... --out DIR [--views 4] [--batch_size 8]
+    python -m jaxaffect.methods.vaanet.feature_cache --config ... --out DIR [--views 4]
+    python -m jaxaffect.methods.cten.feature_cache --config ... --out DIR [--batch_size 8]
 
 Per split, DIR/<split>/ holds features.npy (float16 [V, N, ...]: the backbone's map
 [S, T', H', W', C], or its mean over T', H', W' [S, C] when pooled), one .npy per stored batch
