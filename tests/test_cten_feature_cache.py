@@ -164,3 +164,24 @@ def test_train_and_evaluate_from_the_cache(cache, smoke_data_dir, tmp_path):
   assert 0.0 <= results["eval/top1"] <= 1.0
   assert results["keyframes/num_videos"] == len(keys)  # looked up through the cached index
   assert 0.0 <= results["keyframes/average_mAP"] <= 1.0
+
+
+def test_an_interrupted_build_resumes_view_by_view(cache, smoke_data_dir, tmp_path):
+  import shutil
+  from jaxaffect.methods.cten import feature_cache as cten_cache
+  out = tmp_path / "cache"
+  shutil.copytree(cache, out)
+  train = out / "train"
+  # Killed during view 1: its progress entry and meta.json never written, its rows garbage.
+  (train / "meta.json").unlink()
+  (train / "views_done.json").write_text("[0]")
+  full = np.load(train / "features.npy")
+  part = np.lib.format.open_memmap(train / "features.npy", mode="r+")
+  part[1] = 0
+  part.flush()
+  del part
+  with pytest.raises(UserError, match="is incomplete"):
+    get_method(_config(smoke_data_dir, str(out))).prepare_data()
+  cten_cache.build_cache(_config(smoke_data_dir), str(out), views=VIEWS, batch_size=4)
+  np.testing.assert_array_equal(np.load(train / "features.npy"), full)
+  assert json.loads((train / "meta.json").read_text())["per_view"] == ["features", "audio"]
