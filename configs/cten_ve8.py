@@ -66,6 +66,7 @@ def get_config(arg=None):
   d.legacy_random_eval = False
   d.legacy_start_off_by_one = True
   d.worker_count = 0
+  d.feature_cache = ""   # a folder written by python -m jaxaffect.methods.cten.feature_cache
 
   m = c.model
   m.visual_depth, m.visual_width = 101, 64       # 2048-d segment features
@@ -79,6 +80,11 @@ def get_config(arg=None):
   m.attention_init = "vaanet"
   m.dropout_rate = 0.2
   m.backbone_bn = "batch_stats"
+  # "features": train and evaluate from dataset.feature_cache (erase.input="features" only).
+  # The cache holds the backbone's outputs under its running BatchNorm statistics, whereas the
+  # released code runs the frozen backbone in train-mode BatchNorm (backbone_bn="batch_stats"):
+  # cached features change that legacy BatchNorm behaviour (README, "CTEN").
+  m.visual_input = "frames"
   m.train_backbone = False   # frozen, as released (also listed in frozen_params)
   m.normalization = "vaanet_legacy"
   m.conv_impl = "auto"

@@ -29,6 +29,8 @@ RUN_BY = {
     "jaxaffect.methods.vaanet.attention": ("test_viz.py", '"jaxaffect.methods.vaanet.attention"'),
     "jaxaffect.methods.vaanet.feature_cache": ("test_readme_commands.py",
                                                '"-m", "jaxaffect.methods.vaanet.feature_cache"'),
+    "jaxaffect.methods.cten.feature_cache": ("test_cten_feature_cache.py",
+                                             '"-m", "jaxaffect.methods.cten.feature_cache"'),
     "jaxaffect.tools.aggregate_splits": ("test_sweep.py", "aggregate_splits.main(["),
     "jaxaffect.tools.best_over_evals": ("test_bpmgcn_protocol.py",
                                         '"-m", "jaxaffect.tools.best_over_evals"'),

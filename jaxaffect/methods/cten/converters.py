@@ -10,6 +10,7 @@ module docstring; a missing or unexpected key is named in a one-line-per-key err
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from jaxaffect import config_lib
@@ -20,6 +21,11 @@ from jaxaffect.methods.cten.method import Method
 
 def cten_abstract(config) -> dict[str, Any]:
   """The abstract {"params", "batch_stats"} of the CTEN the config builds (as the trainer)."""
+  if config.model.get("visual_input", "frames") != "frames":
+    # A features-mode model has no backbone; convert the whole network all the same (the
+    # feature cache takes visual_backbone, the trainer the rest).
+    config = copy.deepcopy(config)
+    config.model.visual_input = "frames"
   v = method_variables(Method(config))
   return {c: dict(v[c]) for c in ("params", "batch_stats") if c in v}
 

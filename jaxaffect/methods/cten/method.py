@@ -15,11 +15,17 @@ three forward passes):
 Evaluation uses the original view only (the paper's protocol; the released best-of-three on
 the test split is not reproduced).
 
-Config keys: model.* (CTEN's fields), erase.{enabled, theta, rule ("paper" | "legacy"),
-reduce ("sum" | "mean"), input ("features" | "frames")}, dataset.* (data.py).
+model.visual_input="features" trains and evaluates from a cache of the frozen backbone's
+pooled segment features (feature_cache.py, README "CTEN"): the backbone is not built, step 1
+reads the cached [B, S, C], and the erased views gather them (erase.input="features" only).
+
+Config keys: model.* (CTEN's fields, and visual_input "frames" | "features"), erase.{enabled,
+theta, rule ("paper" | "legacy"), reduce ("sum" | "mean"), input ("features" | "frames")},
+dataset.* (data.py; dataset.feature_cache: the cache folder).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -43,6 +49,8 @@ ERASE_INPUTS = ("features", "frames")
 VIEWS = ("original", "rest", "keyframes")
 KEYFRAMES_FILE = "keyframes.json"  # the synthetic world's (data_pipelines/synthetic)
 
+log = logging.getLogger(__name__)
+
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -63,6 +71,26 @@ class Method(base.Method):
     config_lib.check_choice("erase.input", e.input, ERASE_INPUTS)
     if not 0.0 <= float(e.theta) <= 1.0:
       raise UserError(f"erase.theta must be in [0, 1], got {e.theta}")
+    # "frames": decoded snippets through the frozen backbone; "features": its cached pooled
+    # outputs (feature_cache.py), the backbone is not built.
+    self.visual_input = kwargs.pop("visual_input", "frames")
+    config_lib.check_choice("model.visual_input", self.visual_input, ("frames", "features"))
+    # A converted checkpoint's backbone has no place in a features-mode model.
+    self.init_from_ignore = ("visual_backbone",) if self.visual_input == "features" else ()
+    if self.visual_input == "features":
+      if e.input == "frames":
+        raise UserError("erase.input='frames' re-encodes the erased views' frames, which a "
+                        "model.visual_input='features' run does not read; use "
+                        "erase.input='features'")
+      if c.model.get("train_backbone", False):
+        raise UserError("model.train_backbone=True cannot train from cached features (the "
+                        "cache holds a fixed backbone's outputs); set it False or use "
+                        "model.visual_input='frames'")
+      if c.model.get("backbone_bn", "batch_stats") == "batch_stats":
+        log.warning("model.visual_input='features': the cached features were computed with "
+                    "the backbone's running BatchNorm statistics, not the train-mode batch "
+                    "statistics of model.backbone_bn='batch_stats' (the released code): this "
+                    "changes the legacy BatchNorm behaviour")
     return cten_model.CTEN(**kwargs)
 
   @property
@@ -72,15 +100,19 @@ class Method(base.Method):
   def example_batch(self, batch_size: int):
     ds = self.config.dataset
     s, t, c = int(ds.num_segments), int(ds.snippet_len), int(ds.crop_size)
-    out = {"video": np.zeros((batch_size, s, t, c, c, 3), np.uint8),
-           "label": np.zeros((batch_size,), np.int32)}
+    if self.visual_input == "features":
+      out = {"video_features": np.zeros((batch_size, s, self.model.visual_dim), np.float32)}
+    else:
+      out = {"video": np.zeros((batch_size, s, t, c, c, 3), np.uint8)}
+    out["label"] = np.zeros((batch_size,), np.int32)
     if self.uses_audio:
       out["audio"] = np.zeros((batch_size, s, int(ds.get("audio_frames", 100)),
                                int(ds.extraction.fbank_bins)), np.float32)
     return out
 
   def model_inputs(self, batch):
-    return {"video": batch["video"], "audio": batch.get("audio")}
+    visual = "video_features" if self.visual_input == "features" else "video"
+    return {visual: batch[visual], "audio": batch.get("audio")}
 
   # ---- the three views ---------------------------------------------------------------------
   def loss(self, params, model_state, batch, rng, step=None):
@@ -97,8 +129,12 @@ class Method(base.Method):
       state = {**state, **new}
       return out
 
-    video, audio = batch["video"], batch.get("audio")
-    v, a = apply(cten_model.CTEN.encode, video, audio, True)
+    video, audio = batch.get("video"), batch.get("audio")
+    if self.visual_input == "features":
+      v, a = apply(cten_model.CTEN.encode, None, audio, True,
+                   video_features=batch["video_features"])
+    else:
+      v, a = apply(cten_model.CTEN.encode, video, audio, True)
     out = apply(cten_model.CTEN.head, v, a, True)
     labels = batch["label"]
     losses = [_cross_entropy(out["logits"], labels)]
@@ -143,6 +179,9 @@ class Method(base.Method):
 
   # ---- single videos (python -m jaxaffect.predict) -------------------------------------------
   def example_from_video(self, path):
+    if self.visual_input != "frames":
+      raise UserError("python -m jaxaffect.predict decodes frames; this model reads cached "
+                      "backbone features (model.visual_input='features')")
     from jaxaffect.methods.cten import data  # deferred: grain + media stack
     record = video_emotion.decode_video(self.config.dataset, path)
     example = data.CtenTransform(data.data_config(self.config), train=False).random_map(
@@ -159,18 +198,44 @@ class Method(base.Method):
   eval_label_keys = ("label", "index")
 
   # ---- data --------------------------------------------------------------------------------
+  def _feature_cache(self, split):
+    from jaxaffect.methods.cten import feature_cache  # deferred: grain + media stack
+    return feature_cache.open_cache(self.config, split)
+
   def prepare_data(self):
+    if self.visual_input == "features":
+      self._feature_cache("train")  # built beforehand; fail here, before any compile
+      return
     families.prepare(video_emotion.FAMILY, self.config.dataset)
 
   def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+    if self.visual_input == "features":
+      from jaxaffect.data import feature_cache  # deferred: grain + media stack
+      return feature_cache.train_iterator(
+          self._feature_cache("train"), seed=seed, global_batch_size=global_batch_size,
+          process_index=process_index, process_count=process_count)
     from jaxaffect.methods.cten import data  # deferred: grain + media stack
     return data.train_iterator(self.config, seed=seed, global_batch_size=global_batch_size,
                                process_index=process_index, process_count=process_count)
 
   def eval_batches(self, *, global_batch_size, process_index, process_count):
+    if self.visual_input == "features":
+      from jaxaffect.data import feature_cache  # deferred: grain + media stack
+      return feature_cache.eval_batches(
+          self._feature_cache(self.config.dataset.get("eval_split", "test")),
+          global_batch_size=global_batch_size, process_index=process_index,
+          process_count=process_count, index=True)
     from jaxaffect.methods.cten import data  # deferred: grain + media stack
     return data.eval_batches(self.config, global_batch_size=global_batch_size,
                              process_index=process_index, process_count=process_count)
+
+  def eval_keys(self, indices) -> list[str]:
+    """The builder keys of the eval examples at `indices` (from the cache in features mode:
+    the prepared data need not be there)."""
+    if self.visual_input == "features":
+      return self._feature_cache(self.config.dataset.get("eval_split", "test")).keys(indices)
+    from jaxaffect.methods.cten import data  # deferred: grain + media stack
+    return data.eval_keys(self.config, indices)
 
 
 @evaluators.register("cten_keyframes")
@@ -180,7 +245,6 @@ def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
   keyframes of each eval video against its annotated emotional segments, mAP at tIoU 0.1-0.5.
   `ground_truth`: an ActivityNet-style JSON keyed by the builder's keys ("Class/name"); default
   the synthetic world's keyframes.json (dataset.synthetic.keyframes=True)."""
-  from jaxaffect.methods.cten import data  # deferred: grain + media stack
   config = method.config
   path = ground_truth or os.path.join(families.raw_dir(video_emotion.FAMILY, config.dataset),
                                       KEYFRAMES_FILE)
@@ -189,6 +253,6 @@ def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
                     f"(generate them with --config.dataset.synthetic.keyframes=True, or set "
                     f"the evaluator's ground_truth to an annotation file)")
   gt = localization.load_json(path, "keyframe ground truth")
-  keys = data.eval_keys(config, fields["index"])
+  keys = method.eval_keys(fields["index"])
   return keyframes.evaluate(gt, keys, np.asarray(outputs["keyframes"]),
                             np.asarray(outputs["keyframe_score"]), chance_draws=chance_draws)
