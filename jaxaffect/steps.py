@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxaffect import evaluators, optim
+from jaxaffect import evaluators, optim, xla_options
 from jaxaffect import sharding as shd
 
 # Key of the scalar a method's loss metrics may carry: the number of units its mean loss is
@@ -101,16 +101,6 @@ def ema_update(averaged, params, step, settings, mask):
   return jax.lax.cond(step >= start, blend, lambda _: params, None)
 
 
-def init_compiler_options(mesh) -> dict | None:
-  """XLA options for the one-off init program. On CPU, LLVM's O2 pipeline spends most of a
-  cold init compile on the random-number kernels (the demo's: 59 s at O2, 9 s at O1 on 2
-  cores) and buys nothing for a program that runs once; O1 gives bit-identical values there
-  (tests/test_platform.py checks). Other backends keep their defaults."""
-  if mesh.devices.flat[0].platform == "cpu":
-    return {"xla_backend_optimization_level": 1}
-  return None
-
-
 def build(config, method, mesh) -> Setup:
   rules = shd.rules_from_config(config)
   grad_accum = int(config.get("grad_accum_steps", 1) or 1)
@@ -156,7 +146,8 @@ def build(config, method, mesh) -> Setup:
   repl = shd.replicated(mesh)
 
   init_fn = jax.jit(lambda rng: shd.unbox_abstract(init_state(rng)),
-                    out_shardings=state_sharding, compiler_options=init_compiler_options(mesh))
+                    out_shardings=state_sharding,
+                    compiler_options=xla_options.for_init(mesh.devices.flat[0].platform))
 
   compute_sharding = shd.gathered(state_sharding["params"])
   # FSDP weights are gathered explicitly before use (the XLA:CPU exactness workaround, and the

@@ -12,6 +12,7 @@ from jaxaffect import method as methods
 from jaxaffect import sharding as shd
 from jaxaffect import steps
 from jaxaffect import trainer
+from jaxaffect import xla_options
 
 methods.register("toy", toy_method.ToyMethod)
 
@@ -47,10 +48,11 @@ def test_sharded_step_equals_single_device(mesh):
 
 
 def test_init_program_is_compiled_at_o1_on_cpu_with_the_default_values():
-  """steps.init_compiler_options: the init program's cheaper LLVM pipeline changes no value."""
+  """xla_options.for_init: the init program's cheaper LLVM pipeline changes no value."""
   c = toy_method.toy_config(data=2, fsdp=2, tensor=2)
   s = steps.build(c, toy_method.ToyMethod(c), shd.make_mesh(c.mesh))
-  assert steps.init_compiler_options(s.mesh) == {"xla_backend_optimization_level": 1}
+  assert xla_options.for_init("cpu") == {"xla_backend_optimization_level": 1}
+  assert xla_options.for_init("gpu") is None
   with s.context():
     fast = jax.device_get(s.init_fn(jax.random.key(3)))
     default = jax.device_get(jax.jit(s.init_fn.__wrapped__)(jax.random.key(3)))

@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxaffect import converted_checkpoint as convert_store
+from jaxaffect import xla_options
 from jaxaffect.data import families, video_emotion
 from jaxaffect.errors import PathNotFound, UserError
 from jaxaffect.nn.resnet3d import ResNet3D, normalize_video
@@ -69,8 +70,10 @@ def backbone(config) -> tuple[ResNet3D, dict[str, Any]]:
   net = ResNet3D(int(m.visual_depth), int(m.visual_width),
                  conv1_t_size=int(m.get("conv1_t_size", 7)), conv_impl=m.conv_impl)
   snippet = (1, int(ds.snippet_len), int(ds.crop_size), int(ds.crop_size), 3)
-  # Jitted: one compile (kept by a persistent compilation cache) instead of every op's own.
-  init = jax.jit(functools.partial(net.init, use_running_average=True))
+  # Jitted: one compile (kept by a persistent compilation cache) instead of every op's own,
+  # with the train step's init options (LLVM O1 on CPU).
+  init = jax.jit(functools.partial(net.init, use_running_average=True),
+                 compiler_options=xla_options.for_init(jax.default_backend()))
   variables = init(jax.random.key(int(config.seed)), jnp.zeros(snippet, jnp.float32))
   paths = [p.strip() for p in str(config.get("init_from", "")).split(",") if p.strip()]
   # The converted checkpoint(s) covering the visual backbone (others, e.g. audio, are skipped).
