@@ -1,11 +1,13 @@
 """The feature cache stores exactly what the frozen backbone computes: eval logits from cached
 features equal eval logits from frames (running-statistics BN, same params)."""
+import functools
 import os
 
 import jax
 import numpy as np
 
 from jaxaffect import config_lib
+from jaxaffect import xla_options
 from jaxaffect.methods.vaanet import feature_cache
 from jaxaffect import method as methods
 
@@ -29,8 +31,13 @@ def test_cached_features_reproduce_frames_path(tmp_path, smoke_data_dir):
   net = ResNet3D(m.visual_depth, m.visual_width, conv_impl=m.conv_impl)
   snippet = np.zeros((1, c.dataset.snippet_len, c.dataset.crop_size, c.dataset.crop_size, 3),
                      np.float32)
-  backbone_vars = net.init(jax.random.key(c.seed), snippet, use_running_average=True)
-  variables = frames.init_variables(jax.random.key(1), frames.example_batch(2))
+  # Jitted with the init options (op by op, these inits took most of this test's time); the
+  # backbone's program is the builder's, so the compilation cache has it.
+  opts = xla_options.for_init(jax.default_backend())
+  backbone_vars = jax.jit(functools.partial(net.init, use_running_average=True),
+                          compiler_options=opts)(jax.random.key(c.seed), snippet)
+  variables = jax.jit(frames.init_variables, compiler_options=opts)(
+      jax.random.key(1), frames.example_batch(2))
   variables = jax.tree.map(np.asarray, variables)
   variables["params"]["visual_backbone"] = jax.device_get(backbone_vars["params"])
   variables["batch_stats"]["visual_backbone"] = jax.device_get(backbone_vars["batch_stats"])
@@ -39,7 +46,8 @@ def test_cached_features_reproduce_frames_path(tmp_path, smoke_data_dir):
 
   def logits(method, var, batch):
     state = {k: v for k, v in var.items() if k != "params"}
-    return np.asarray(method.predict(var["params"], state, batch)["logits"])
+    batch = {k: batch[k] for k in ("video", "video_features", "audio") if k in batch}
+    return np.asarray(jax.jit(method.predict)(var["params"], state, batch)["logits"])
 
   got, want = [], []
   for fb, cb in zip(frames.eval_batches(global_batch_size=4, process_index=0, process_count=1),
