@@ -9,7 +9,6 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,6 +17,7 @@ from jaxaffect.data import feature_cache
 from jaxaffect.errors import UserError
 from jaxaffect.method import get_method
 from jaxaffect.methods.cten import model as cten_model
+from test_cten_method import jitted_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = 2
@@ -46,17 +46,6 @@ def cache(tmp_path_factory, smoke_data_dir):
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   return out
-
-
-def _loss_fn(m):
-  @jax.jit
-  def fn(variables, batch):
-    state = {k: v for k, v in variables.items() if k != "params"}
-    loss, (metrics, _) = m.loss(variables["params"], state, batch, jax.random.key(1),
-                                jnp.int32(0))
-    return loss, metrics
-
-  return fn
 
 
 def test_cache_is_the_frames_path(cache, smoke_data_dir):
@@ -100,8 +89,8 @@ def test_cache_is_the_frames_path(cache, smoke_data_dir):
                              atol=2e-3 * float(np.abs(want).max()))
 
   # First step on that view: frames (one backbone pass, erase.input="features") vs the cache.
-  loss_f, mf = jax.device_get(_loss_fn(frames)(variables, fb))
-  loss_c, mc = jax.device_get(_loss_fn(feats)(feat_vars, cb))
+  loss_f, mf = jax.device_get(jitted_loss(frames)(variables, fb))
+  loss_c, mc = jax.device_get(jitted_loss(feats)(feat_vars, cb))
   assert float(loss_c) == pytest.approx(float(loss_f), rel=1e-3)
   for k in ("loss_original", "loss_rest", "loss_keyframes", "keyframe_fraction"):
     assert mc[k] == pytest.approx(mf[k], rel=1e-3, abs=1e-6), k
@@ -133,6 +122,10 @@ def test_mismatches_fail_in_one_line_naming_the_key(cache, smoke_data_dir, tmp_p
   (tmp_path / "vaanet" / "train" / "meta.json").write_text(json.dumps(
       {"views": 1, "num_examples": 1, "feature_shape": [4, 1, 2, 2, 64]}))
   _one_line_error(_config(smoke_data_dir, str(tmp_path / "vaanet")), r"pooled \[S, C\]")
+  (tmp_path / "torn" / "train").mkdir(parents=True)  # a meta.json cut short
+  (tmp_path / "torn" / "train" / "meta.json").write_text('{"views": 1, "num_')
+  _one_line_error(_config(smoke_data_dir, str(tmp_path / "torn")),
+                  r"torn/train/meta\.json is unreadable")
   with pytest.raises(UserError, match=r"jaxaffect\.predict"):
     get_method(_config(smoke_data_dir, cache)).example_from_video("clip.mp4")
 

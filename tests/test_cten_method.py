@@ -66,9 +66,8 @@ def _batch(m, n, seed=0):
   return b
 
 
-def _loss_fn(c):
-  """(method, jitted loss(variables, batch) -> (loss, metrics)): one compile per config."""
-  m = get_method(c)
+def jitted_loss(m):
+  """m's loss as a jitted (variables, batch) -> (loss, metrics) (dropout key 1, step 0)."""
 
   @jax.jit
   def fn(variables, batch):
@@ -77,7 +76,13 @@ def _loss_fn(c):
                                 jnp.int32(0))
     return loss, metrics
 
-  return m, fn
+  return fn
+
+
+def _loss_fn(c):
+  """(method, jitted loss): one compile per config."""
+  m = get_method(c)
+  return m, jitted_loss(m)
 
 
 def _init(m, batch):

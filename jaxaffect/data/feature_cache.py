@@ -139,7 +139,7 @@ def build_cache(config, out_dir: str, spec: CacheSpec, *, views: int = 4,
     os.makedirs(d, exist_ok=True)
     transform = spec.transform(train)
     progress = os.path.join(d, "views_done.json")
-    done = json.load(open(progress)) if os.path.exists(progress) else []
+    done = _read_json(progress) if os.path.exists(progress) else []
     stored: set[str] = set()
     for view in range(n_views):
       if view in done:
@@ -173,7 +173,7 @@ def build_cache(config, out_dir: str, spec: CacheSpec, *, views: int = 4,
         if keys:
           np.save(os.path.join(d, "key.npy"), np.asarray(keys, dtype=str))
       done.append(view)
-      json.dump(done, open(progress, "w"))
+      _write_json(progress, done)
     if not stored:  # view 0 was done by an earlier, interrupted run
       stored = {name for name in spec.per_example
                 if os.path.exists(os.path.join(d, f"{name}.npy"))}
@@ -185,10 +185,24 @@ def build_cache(config, out_dir: str, spec: CacheSpec, *, views: int = 4,
                          "normalization": m.normalization, "bn": "running",
                          "init_from": config.get("init_from", "")},
             "transform": spec.transform_meta}
-    with open(os.path.join(d, "meta.json.tmp"), "w") as fh:
-      json.dump(meta, fh, indent=2)
-    os.replace(os.path.join(d, "meta.json.tmp"), os.path.join(d, "meta.json"))
+    _write_json(os.path.join(d, "meta.json"), meta)
     log.info("feature cache %s: %d examples x %d views", d, n, n_views)
+
+
+def _write_json(path: str, value) -> None:
+  """Whole or not at all (a kill mid-write leaves the previous file)."""
+  with open(path + ".tmp", "w") as fh:
+    json.dump(value, fh, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as fh:
+      return json.load(fh)
+  except (OSError, ValueError) as e:
+    raise UserError(f"feature cache: {path} is unreadable ({e}); delete it to rebuild "
+                    f"that split") from None
 
 
 class CachedFeatures:
@@ -201,8 +215,7 @@ class CachedFeatures:
       what = ("is incomplete (no meta.json); rerun" if os.path.isdir(self.dir) else
               "does not exist; build it with")
       raise PathNotFound(f"feature cache: {self.dir} {what} {command}")
-    with open(meta) as f:
-      self.meta = json.load(f)
+    self.meta = _read_json(meta)
     self.per_view = tuple(self.meta.get("per_view", (FEATURES,)))
     self._arrays: dict[str, Any] | None = None
 
