@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -41,6 +42,21 @@ def read_records(path: str):
       except json.JSONDecodeError:
         continue
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter (a pure-Python event writer, no TensorFlow) without its
+  optional `import torch`, which costs every launch 2 s where torch is installed; we log
+  Python floats and numpy arrays only. A torch already imported is left as it is."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
@@ -50,8 +66,7 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
-        from tensorboardX import SummaryWriter  # pure-Python event writer, no TensorFlow
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+        self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def start_fresh(self) -> None:
     """A run starting at step 0 keeps records it finds (a run killed before its first

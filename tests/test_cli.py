@@ -72,3 +72,16 @@ def test_summary_prints_paper_parameter_counts():
   assert int(fields["total_params"]) == 97_869_012
   assert int(fields["trainable_params"]) == 12_623_892
   assert float(fields["flops_per_example"]) > 12 * 1e10  # 12 clips through a 3D ResNet-101
+
+
+def test_metric_writer_leaves_torch_unimported_and_importable(tmp_path):
+  """tensorboardX would import torch (2 s per launch); the writer keeps it out, and a later
+  `import torch` still works (the versus tool and the converters' tests use it)."""
+  code = ("import sys; from jaxaffect import metric_writer; "
+          f"w = metric_writer.MetricWriter({str(tmp_path)!r}); w.write(0, {{'loss': 1.5}}); w.close(); "
+          "print('torch' in sys.modules); import torch; print(torch.tensor([1.0]).item())")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split() == ["False", "1.0"]
+  assert os.listdir(tmp_path / "tensorboard")
