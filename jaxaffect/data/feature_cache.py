@@ -58,6 +58,12 @@ class CacheSpec:
   family: families.DatasetFamily = video_emotion.FAMILY
 
 
+def jsonable(transform_config) -> dict:
+  """A transform config's fields for meta.json (tuples as lists)."""
+  return {k: (list(v) if isinstance(v, tuple) else v)
+          for k, v in dataclasses.asdict(transform_config).items()}
+
+
 def split_dir(root: str, split: str) -> str:
   return os.path.join(os.path.abspath(os.path.expanduser(root)), split)
 

@@ -20,12 +20,6 @@ from jaxaffect.errors import UserError
 COMMAND = "python -m jaxaffect.methods.cten.feature_cache"
 
 
-def visual_dim(config) -> int:
-  """C: the backbone's layer4 width (CTEN.visual_dim)."""
-  m = config.model
-  return int(m.visual_width) * 8 * (4 if int(m.visual_depth) >= 50 else 1)
-
-
 def cache_spec(config) -> feature_cache.CacheSpec:
   from jaxaffect.methods.cten import data  # deferred: grain + media stack
   cfg = data.data_config(config)
@@ -34,9 +28,7 @@ def cache_spec(config) -> feature_cache.CacheSpec:
       transform=lambda train: data.CtenTransform(cfg, train=train, keep_key=True),
       pooled=True, per_view=("audio",) if use_audio else (), per_example=("label", "polarity"),
       command=COMMAND,
-      transform_meta={**{k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in cfg.video.__dict__.items()},
-                      "audio_frames": cfg.audio_frames})
+      transform_meta={**feature_cache.jsonable(cfg.video), "audio_frames": cfg.audio_frames})
 
 
 def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) -> None:
@@ -46,8 +38,9 @@ def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) ->
                             batch_size=batch_size)
 
 
-def open_cache(config, split: str) -> feature_cache.CachedFeatures:
-  """The cache of config.dataset.feature_cache for `split`, checked against the config."""
+def open_cache(config, split: str, visual_dim: int) -> feature_cache.CachedFeatures:
+  """The cache of config.dataset.feature_cache for `split`, checked against the config and the
+  model's segment-feature width `visual_dim` (CTEN.visual_dim)."""
   ds = config.dataset
   if not ds.get("feature_cache", ""):
     raise UserError("model.visual_input='features' needs --config.dataset.feature_cache=DIR "
@@ -59,7 +52,7 @@ def open_cache(config, split: str) -> feature_cache.CachedFeatures:
                     f"cache?); build one with {COMMAND}")
   # feature_shape is [S, C]: named by the config keys that set them.
   want = {"dataset.num_segments": int(ds.num_segments),
-          "C (model.visual_depth/visual_width)": visual_dim(config)}
+          "C (model.visual_depth/visual_width)": int(visual_dim)}
   got = dict(zip(want, cache.feature_shape))
   diff = [f"{k}: cache {got.get(k)}, config {v}" for k, v in want.items() if got.get(k) != v]
   if diff:

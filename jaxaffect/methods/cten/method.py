@@ -200,7 +200,7 @@ class Method(base.Method):
   # ---- data --------------------------------------------------------------------------------
   def _feature_cache(self, split):
     from jaxaffect.methods.cten import feature_cache  # deferred: grain + media stack
-    return feature_cache.open_cache(self.config, split)
+    return feature_cache.open_cache(self.config, split, self.model.visual_dim)
 
   def prepare_data(self):
     if self.visual_input == "features":

@@ -28,8 +28,7 @@ def cache_spec(config) -> feature_cache.CacheSpec:
   return feature_cache.CacheSpec(
       transform=lambda train: video_transforms.VideoAudioTransform(tcfg, train=train),
       pooled=False, per_view=(), per_example=("audio", "label", "polarity"), command=COMMAND,
-      transform_meta={k: (list(v) if isinstance(v, tuple) else v)
-                      for k, v in tcfg.__dict__.items()})
+      transform_meta=feature_cache.jsonable(tcfg))
 
 
 def build_cache(config, out_dir: str, *, views: int = 4, batch_size: int = 8) -> None:
