@@ -42,18 +42,19 @@ def read_records(path: str):
       except json.JSONDecodeError:
         continue
 
+
 def _summary_writer_class():
   """tensorboardX's SummaryWriter (a pure-Python event writer, no TensorFlow) without its
   optional `import torch`, which costs every launch 2 s where torch is installed; we log
   Python floats and numpy arrays only. A torch already imported is left as it is."""
-  if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules["torch"]
+    if block:
+      del sys.modules["torch"]
   return SummaryWriter
 
 
