@@ -146,7 +146,6 @@ def build_cache(config, out_dir: str, spec: CacheSpec, *, views: int = 4,
     transform = spec.transform(train)
     progress = os.path.join(d, "views_done.json")
     done = _read_json(progress) if os.path.exists(progress) else []
-    stored: set[str] = set()
     for view in range(n_views):
       if view in done:
         continue
@@ -173,16 +172,12 @@ def build_cache(config, out_dir: str, spec: CacheSpec, *, views: int = 4,
             keys.extend(str(x.decode() if isinstance(x, bytes) else x)
                         for x in np.asarray(batch["key"]).tolist())
         pos += k
-      if view == 0:
-        stored = {name for name in spec.per_example
-                  if os.path.exists(os.path.join(d, f"{name}.npy"))}
-        if keys:
-          np.save(os.path.join(d, "key.npy"), np.asarray(keys, dtype=str))
+      if view == 0 and keys:
+        np.save(os.path.join(d, "key.npy"), np.asarray(keys, dtype=str))
       done.append(view)
       _write_json(progress, done)
-    if not stored:  # view 0 was done by an earlier, interrupted run
-      stored = {name for name in spec.per_example
-                if os.path.exists(os.path.join(d, f"{name}.npy"))}
+    # The per-example keys view 0 found in its batches (in this run or an interrupted one).
+    stored = {name for name in spec.per_example if os.path.exists(os.path.join(d, f"{name}.npy"))}
     shape = np.load(os.path.join(d, f"{FEATURES}.npy"), mmap_mode="r").shape
     meta = {"views": n_views, "num_examples": n, "feature_shape": list(shape[2:]),
             "pooled": bool(spec.pooled), "per_view": [FEATURES, *spec.per_view],
