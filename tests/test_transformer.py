@@ -373,6 +373,35 @@ def test_cross_attention_weights_and_relu_projections_against_numpy():
         variables, x, kv=kv)
 
 
+def test_weights_of_the_first_rows_with_the_fused_output():
+  """weights_rows=R (MART's CLS row): the first R rows of the full weights, under GQA with
+  padding, causal and segment masks, while the output is the one computed without weights
+  (the fused kernel's path), values and input gradients alike."""
+  x = _x(2)
+  mod = attn_lib.MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=8, causal=True)
+  p = {"params": _params(mod, x)}
+  keep, seg = jnp.asarray(KEEP), jnp.asarray(SEGMENTS)
+
+  @jax.jit
+  def run(p, x):
+    full = mod.apply(p, x, keep, segment_ids=seg, return_weights=True)
+    rows = mod.apply(p, x, keep, segment_ids=seg, return_weights=True, weights_rows=2)
+    plain = mod.apply(p, x, keep, segment_ids=seg)
+    grad = lambda **kw: jax.grad(lambda x: jnp.sum(jnp.sin(
+        mod.apply(p, x, keep, segment_ids=seg, **kw)[0] if kw else
+        mod.apply(p, x, keep, segment_ids=seg))))(x)
+    return full, rows, plain, grad(return_weights=True, weights_rows=1), grad()
+
+  (o_full, w_full), (o_rows, w_rows), plain, g_rows, g_plain = run(p, x)
+  assert w_full.shape == (B, 4, L, L) and w_rows.shape == (B, 4, 2, L)
+  np.testing.assert_allclose(w_rows, w_full[:, :, :2], rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(o_rows, plain)
+  np.testing.assert_array_equal(g_rows, g_plain)
+  np.testing.assert_allclose(o_full, plain, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="weights_rows"):
+    mod.apply(p, x, return_weights=True, weights_rows=L + 1)
+
+
 @pytest.mark.parametrize("t,s,masked,causal", [(9, 9, False, False), (9, 7, True, False),
                                                (7, 7, False, True)])
 def test_even_length_padding_for_cudnn_equals_unpadded_with_gradients(t, s, masked, causal):

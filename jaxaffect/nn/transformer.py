@@ -81,8 +81,9 @@ class _BlockFields(nn.Module):
 
 class TransformerBlock(_BlockFields):
   """x [B, L, E] -> [B, L, E]. __call__(x, mask=None, train=False, *, segment_ids=None,
-  positions=None, return_weights=False): the arguments of MultiHeadAttention; with
-  return_weights, (x, attention weights [B, N, L, L] float32) (the explicit attention path)."""
+  positions=None, return_weights=False, weights_rows=None): the arguments of
+  MultiHeadAttention; with return_weights, (x, attention weights [B, N, L or weights_rows, L]
+  float32)."""
 
   def setup(self):
     if self.norm_position not in NORM_POSITIONS:
@@ -104,14 +105,14 @@ class TransformerBlock(_BlockFields):
 
   def __call__(self, x: Array, mask: Array | None = None, train: bool = False, *,
                segment_ids: Array | None = None, positions: Array | None = None,
-               return_weights: bool = False):
+               return_weights: bool = False, weights_rows: int | None = None):
     stream_dtype = x.dtype  # the residual stream keeps the input's dtype (the scan carry)
     x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_emb"))
     weights = []
 
     def attn(h):
       out = self.attn(h, mask, train, segment_ids=segment_ids, positions=positions,
-                      return_weights=return_weights)
+                      return_weights=return_weights, weights_rows=weights_rows)
       if return_weights:
         out, w = out
         weights.append(w)

@@ -92,18 +92,32 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
     raise UserError(f"jax.profiler wrote no trace under {trace_dir}")
   data = ProfileData.from_file(max(files, key=os.path.getmtime))
   instr = _instructions(compiled.as_text())
-  by_kind, by_source, total = collections.Counter(), collections.Counter(), 0
-  for plane in data.planes:
+  # On an accelerator the kernels run on "/device:..." planes (the host planes only hold their
+  # launches); a kernel event is named after the CUDA kernel (cuBLAS/cuDNN names, fusions) and
+  # carries its HLO instruction in the "hlo_op" stat. On the CPU the thunks are host events.
+  planes = [p for p in data.planes if p.name.startswith("/device:")] or list(data.planes)
+  on_device = planes[0].name.startswith("/device:")
+  by_kind, by_source, by_kernel, unmatched = (collections.Counter() for _ in range(4))
+  total = 0
+  for plane in planes:
     for line in plane.lines:
       for ev in line.events:
-        if ev.name not in instr:
-          continue  # executor, thread-pool and Python events
-        kind, src = instr[ev.name]
+        op = dict(ev.stats).get("hlo_op", ev.name)
+        if op not in instr:
+          # Host: executor, thread-pool and Python events. Device: memcpys, and kernels that
+          # ran inside a CUDA graph (XLA's command buffers) without their HLO annotation.
+          if on_device:
+            unmatched[ev.name[:80]] += ev.duration_ns
+          continue
+        kind, src = instr[op]
         by_kind[kind] += ev.duration_ns
         by_source[f"{kind:12s} {_source(src)}"] += ev.duration_ns
+        by_kernel[ev.name[:60]] += ev.duration_ns
         total += ev.duration_ns
   return {"compile_s": compile_s, "profiled_step_s": step_s, "trace_dir": trace_dir,
-          "op_time_s": total / 1e9, "by_kind": by_kind, "by_source": by_source}
+          "op_time_s": total / 1e9, "by_kind": by_kind, "by_source": by_source,
+          "by_kernel": by_kernel, "unmatched": unmatched,
+          "unmatched_s": sum(unmatched.values()) / 1e9, "planes": [p.name for p in planes]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top", type=int, default=25, help="rows of the per-source table")
   p.add_argument("--trace_dir", default=None,
                  help="keep the trace here (TensorBoard/Perfetto); default: a temp dir")
+  p.add_argument("--json", default=None,
+                 help="also write every row (by kind, source op and kernel name) to this file")
   return p
 
 
@@ -134,6 +150,21 @@ def main(argv: list[str] | None = None) -> int:
   print(f"by source op (top {args.top}; layer indices dropped):")
   for k, v in res["by_source"].most_common(args.top):
     print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")
+  if any(p.startswith("/device:") for p in res["planes"]):
+    print(f"by kernel (top {args.top}):")
+    for k, v in res["by_kernel"].most_common(args.top):
+      print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")
+    if res["unmatched"]:
+      # XLA_FLAGS=--xla_gpu_enable_command_buffer= makes every kernel its own annotated launch.
+      print(f"device events with no HLO op: {res['unmatched_s']:.3f} s (command buffers: "
+            "set XLA_FLAGS=--xla_gpu_enable_command_buffer= to see inside them); top:")
+      for k, v in res["unmatched"].most_common(10):
+        print(f"  {v / 1e9:8.3f} s  {k}")
+  if args.json:
+    import json
+    with open(args.json, "w") as f:
+      json.dump({k: (dict(v.most_common()) if isinstance(v, collections.Counter) else v)
+                 for k, v in res.items()}, f, indent=1)
   return 0
 
 

@@ -70,7 +70,8 @@ class _FusionLayer(nn.Module):
     vb_in = jnp.concatenate([xv, bottleneck.astype(xv.dtype)], axis=1)
     video_block = TransformerBlock(**self.video_fields, name="video")
     if self.with_attention:
-      vb, weights = video_block(vb_in, train=train, return_weights=True)
+      # Only the CLS row is needed: the block's output keeps the fused attention kernel.
+      vb, weights = video_block(vb_in, train=train, return_weights=True, weights_rows=1)
       # CLS row, patch columns (1..tv-1) of the softmax over all keys, mean over heads.
       intra = jax.lax.stop_gradient(jnp.mean(weights[:, :, 0, 1:tv], axis=1))
     else:
