@@ -1,6 +1,8 @@
 """Model FLOPs counted from the jaxpr: matmuls and convolutions, 2 FLOPs per multiply-add.
 
-This is the usual MFU convention (PaLM/MaxText): only dot_general and conv_general_dilated count.
+This is the usual MFU convention (PaLM/MaxText): only dot_general and conv_general_dilated count,
+and cuDNN's fused attention as the matmuls it replaces. Under remat, the forward products that
+the policy does not save appear again in the backward pass and are counted there too.
 It does not depend on the backend, unlike XLA's cost analysis, which on GPU does not see inside
 cuDNN/cuBLAS custom calls (it reported 1/86 of the real FLOPs of a VAANet step on an H200).
 """
@@ -34,6 +36,22 @@ def _conv_flops(eqn) -> int:
   return 2 * math.prod(out) * in_feat * spatial
 
 
+# cuDNN's fused attention (jax.nn.dot_product_attention on GPU) is one primitive, not the
+# two matmuls XLA's path traces to. Forward: Q K^T and P V, 4 * |Q| * S FLOPs (|Q| = B T N D,
+# S the key length); backward: the four products dQ, dK, dV, dP, twice that (its recomputed
+# Q K^T is not model work). Causal masks count half, as the kernel skips the masked blocks.
+_FUSED_ATTENTION = {"dot_product_attention_fwd": 4, "dot_product_attention_fwd_wrapper": 4,
+                    "dot_product_attention_bwd": 8, "dot_product_attention_bwd_wrapper": 8}
+_BNTH = 1  # jax's AttentionLayout.BNTH.value; BTNH (0) otherwise
+
+
+def _fused_attention_flops(eqn) -> int:
+  q, k = (v.aval.shape for v in eqn.invars[:2])
+  s = k[2] if eqn.params.get("layout") == _BNTH else k[1]
+  f = _FUSED_ATTENTION[eqn.primitive.name] * math.prod(q) * s
+  return f // 2 if "CAUSAL" in str(eqn.params.get("mask_type", "")).upper() else f
+
+
 def _count(jaxpr) -> int:
   total = 0
   for eqn in jaxpr.eqns:
@@ -42,6 +60,8 @@ def _count(jaxpr) -> int:
       total += _dot_flops(eqn)
     elif name == "conv_general_dilated":
       total += _conv_flops(eqn)
+    elif name in _FUSED_ATTENTION:
+      total += _fused_attention_flops(eqn)
     mult = eqn.params.get("length", 1) if name == "scan" else 1
     for p in eqn.params.values():
       for sub in (p if isinstance(p, (list, tuple)) else [p]):

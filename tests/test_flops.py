@@ -27,3 +27,33 @@ def test_flops_see_through_jit_scan_and_grad():
   # needed only for the carry), so the count is more than the forward alone.
   assert flops.count_flops(jax.grad(f), w) > 2 * flops.count_flops(f, w)
   assert np.isfinite(flops.count_flops(jax.grad(f), w))
+
+
+def test_fused_attention_counts_as_its_matmuls():
+  # cuDNN's kernel cannot be traced without a GPU: a stand-in primitive under the same name and
+  # operands (q [B, T, N, D], k [B, S, N, D], BTNH layout) is counted by the same rule, which
+  # equals the XLA path's two matmuls forward and four backward.
+  from jax.extend import core as jex_core
+  b, t, s, n, d = 2, 6, 10, 4, 8
+  prims = {}
+  for name, out in (("dot_product_attention_fwd_wrapper", "q"),
+                    ("dot_product_attention_bwd_wrapper", "qkv")):
+    p = jex_core.Primitive(name)
+    p.multiple_results = True
+    p.def_abstract_eval(lambda q, k, v, *, out=out, **_: [
+        jax.core.ShapedArray(a.shape, a.dtype) for a in ((q, k, v) if out == "qkv" else (q,))])
+    prims[name] = p
+  q = jax.ShapeDtypeStruct((b, t, n, d), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((b, s, n, d), jnp.bfloat16)
+  fwd = lambda q, k, v, **kw: prims["dot_product_attention_fwd_wrapper"].bind(
+      q, k, v, layout=0, **kw)
+  bwd = lambda q, k, v: prims["dot_product_attention_bwd_wrapper"].bind(q, k, v, layout=0)
+  xla = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  assert flops.count_flops(fwd, q, kv, kv) == flops.count_flops(xla, q, kv, kv) == \
+      4 * b * t * n * d * s
+  xla_bwd = lambda q, k, v: jax.vjp(xla, q, k, v)[1](jnp.ones((b, t, n, d), jnp.bfloat16))
+  assert flops.count_flops(bwd, q, kv, kv) == 2 * flops.count_flops(fwd, q, kv, kv)
+  assert flops.count_flops(xla_bwd, q, kv, kv) - flops.count_flops(xla, q, kv, kv) == \
+      flops.count_flops(bwd, q, kv, kv)
+  assert flops.count_flops(lambda q, k, v: fwd(q, k, v, mask_type="MaskType.CAUSAL"),
+                           q, kv, kv) == 2 * b * t * n * d * s
