@@ -74,6 +74,7 @@ def get_config(arg=None):
   m.audio_pool_window = (4, 8)
   m.nonlocal_dim, m.num_heads = 256, 8
   m.use_audio = True
+  m.use_visual = True   # False: the audio stream alone (the paper's audio rows; frames unread)
   m.use_intra = True
   m.use_inter = True
   m.legacy_code = False
@@ -112,7 +113,7 @@ def get_config(arg=None):
 
 def get_sweeps():
   """The paper's ablation (its Table 2) as override sets for python -m jaxaffect.tools.sweep."""
-  # The audio-only rows of Table 2 need a model without the visual stream: not built.
+  audio = {"model.use_visual": "False", "model.use_inter": "False"}
   rows = [
       ("baseline", {}),
       ("no_erasing", {"erase.enabled": "False"}),
@@ -124,6 +125,9 @@ def get_sweeps():
       ("visual_intra", {"model.use_audio": "False", "model.use_inter": "False",
                         "erase.enabled": "False"}),
       ("visual_intra_erasing", {"model.use_audio": "False", "model.use_inter": "False"}),
+      ("audio", {**audio, "erase.enabled": "False", "model.use_intra": "False"}),
+      ("audio_intra", {**audio, "erase.enabled": "False"}),
+      ("audio_intra_erasing", audio),
   ]
   return {"ablations": rows}
 

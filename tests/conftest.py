@@ -1,7 +1,12 @@
 """Test set-up: 8 emulated CPU devices and parsed absl flags (grain workers need them)."""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Emulated devices and LLVM at O1 (cpu_env.py says why); only where XLA_FLAGS is unset (CI):
+# set it to test at XLA's default level. The init program's O1 is checked against an explicit
+# default compile (test_platform).
+from cpu_env import xla_flags  # noqa: E402
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole run: the pytest process sets it before it
 # starts its xdist workers, and the CLI subprocesses of the tests inherit it, so the many runs

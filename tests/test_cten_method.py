@@ -156,6 +156,55 @@ def test_frames_and_features_erasing_agree_mean_and_no_erasing():
   assert "loss_rest" not in off_metrics
 
 
+def test_audio_stream_alone_erases_by_its_own_attention():
+  """The paper's audio rows (model.use_visual=False): no visual parameters and no frames read;
+  the three views come from the audio temporal attention alone, with the flat fallback."""
+  c = _config()
+  c.model.update(use_visual=False, use_inter=False)
+  m, fn = _loss_fn(c)
+  r = np.random.default_rng(0)
+  batch = m.example_batch(4)
+  assert set(batch) == {"audio", "label"}
+  batch["audio"] = r.standard_normal(batch["audio"].shape).astype(np.float32)
+  batch["label"] = r.integers(0, 8, (4,)).astype(np.int32)
+  assert set(m.model_inputs(dict(batch, video=np.zeros((4, 1), np.uint8)))) == {"audio"}
+  variables = _init(m, batch)
+  params = variables["params"]
+  assert not {"visual_backbone", "nl_0", "ta_net", "v2a_attn"} & set(params)
+  assert {"audio_backbone", "nl_a_0", "ta_net_a"} <= set(params)
+  assert params["fc"]["kernel"].shape[0] == c.model.audio_dim
+  total, metrics = jax.device_get(fn(variables, batch))
+  views = [metrics[f"loss_{v}"] for v in ("original", "rest", "keyframes")]
+  assert float(total) == pytest.approx(sum(views), rel=1e-6)
+  assert 0.0 < metrics["keyframe_fraction"] < 1.0
+  state = {k: v for k, v in variables.items() if k != "params"}
+  pred = jax.jit(lambda p, b: m.predict(p, state, b))(params, batch)
+  want, _ = erasing.keyframe_masks(pred["gamma_audio"], None, c.erase.theta, c.erase.rule)
+  np.testing.assert_array_equal(pred["keyframes"], want)
+  np.testing.assert_array_equal(pred["gamma"], pred["gamma_audio"])
+  flat = jax.tree.map(lambda x: x, variables)
+  fc = flat["params"]["ta_net_a"]["fc"]
+  flat["params"]["ta_net_a"]["fc"] = {"kernel": jnp.zeros_like(fc["kernel"]),
+                                      "bias": jnp.zeros_like(fc["bias"])}
+  _, metrics = jax.device_get(fn(flat, batch))
+  assert metrics["flat_fallback"] == 1.0
+  assert metrics["loss_rest"] == pytest.approx(metrics["loss_original"], rel=1e-6)
+  assert metrics["loss_keyframes"] == pytest.approx(metrics["loss_original"], rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"use_inter": True}, r"use_visual=False needs model\.use_inter=False"),
+    ({"use_inter": False, "legacy_code": True}, r"no legacy_code form"),
+    ({"use_inter": False, "use_audio": False}, r"leave no stream"),
+    ({"use_inter": False, "visual_input": "features"}, r"reads no visual features"),
+])
+def test_audio_rows_bad_settings_are_named(overrides, match):
+  c = _config()
+  c.model.update(use_visual=False, **overrides)
+  with pytest.raises(UserError, match=match):
+    get_method(c)
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("erase.rule", "both", r"erase\.rule"),
     ("erase.theta", 1.5, r"erase\.theta must be in \[0, 1\], got 1\.5"),

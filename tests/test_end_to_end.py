@@ -12,6 +12,7 @@ import time
 import pytest
 
 from jaxaffect import config_lib
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ("seed", "total_steps", "batch_size", "mesh.data", "mesh.fsdp", "mesh.tensor",
@@ -44,7 +45,7 @@ def test_every_config_and_variant_loads_with_required_keys(path):
 
 def _env():
   return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
-              JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+              JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
 
 
 def _toy_args(wd, *extra):

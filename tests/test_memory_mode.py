@@ -11,6 +11,7 @@ import pytest
 
 import toy_method
 from jaxaffect.tools import memory
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def test_frozen_parameters_keep_the_optimizer_state_sharded():
 
 
 def test_memory_mode_cli_last_line():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
   r = subprocess.run([sys.executable, "-m", "jaxaffect.main", "--config", "tests/configs/toy.py",
                       "--mode", "memory", "--config.mesh.fsdp=4", "--config.mesh.data=1"],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

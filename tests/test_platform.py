@@ -55,7 +55,9 @@ def test_init_program_is_compiled_at_o1_on_cpu_with_the_default_values():
   assert xla_options.for_init("gpu") is None
   with s.context():
     fast = jax.device_get(s.init_fn(jax.random.key(3)))
-    default = jax.device_get(jax.jit(s.init_fn.__wrapped__)(jax.random.key(3)))
+    # XLA's default level, explicitly (the test session's XLA_FLAGS lower it: conftest).
+    default = jax.device_get(jax.jit(s.init_fn.__wrapped__, compiler_options={
+        "xla_backend_optimization_level": 3})(jax.random.key(3)))
   leaves = jax.tree.leaves(fast)
   assert len(leaves) == len(jax.tree.leaves(default)) > 4
   for a, b in zip(leaves, jax.tree.leaves(default)):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +68,7 @@ def test_every_readme_command_is_run_by_a_test():
 
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=8")
+              XLA_FLAGS=xla_flags(8))
 
 
 def test_benchmark_mode_on_smoke(smoke_data_dir):

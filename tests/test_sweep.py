@@ -16,6 +16,7 @@ import pytest
 
 from jaxaffect.tools import sweep
 from jaxaffect.tools import aggregate_splits
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env(data_dir):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = xla_flags(8)
   env["JAX_PLATFORMS"] = "cpu"
   env["JAXAFFECT_DATA_DIR"] = data_dir
   # The run's shared compilation cache (conftest.py): the variants' demo programs are the ones
@@ -123,7 +124,8 @@ def test_ablation_presets_live_in_the_configs_and_use_their_keys():
   assert len(tsl) == 8 and tsl["cpc_paper_sign"] == {"loss.cpc_sign": "-1.0"}
   assert len(with_sweeps["bpmgcn_emogait.py"]["ablations"]) == 8  # test_bpmgcn_ablations.py
   cten = dict(with_sweeps["cten_ve8.py"]["ablations"])
-  assert len(cten) == 8 and cten["no_erasing"] == {"erase.enabled": "False"}
+  assert len(cten) == 11 and cten["no_erasing"] == {"erase.enabled": "False"}
+  assert cten["audio_intra_erasing"] == {"model.use_visual": "False", "model.use_inter": "False"}
   assert with_sweeps["cten_ekman6.py"] == with_sweeps["cten_caer.py"] == with_sweeps["cten_ve8.py"]
   config = sweep.load_config(os.path.join(CONFIGS, "vaanet_ve8.py:smoke"))
   assert sweep.unknown_keys(config, ["model.nope", "loss.name"]) == ["model.nope"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cpu_env
 import toy_method
 from jaxaffect import config_lib
 from jaxaffect import sharding as shd
@@ -265,7 +266,12 @@ def test_sharded_scanned_stack_step_equals_single_device():
   with act_emb sharded over "tensor" while weights are FSDP-sharded, XLA:CPU's own plan gives
   losses off by several percent here (~8% with this start); gathering each layer's weights
   inside the scanned body (sharding.gather_for_compute) makes it exact. The rules below set
-  that trigger on purpose."""
+  that trigger on purpose. It runs at XLA's default LLVM level (a subprocess when the session
+  is at O1: cpu_env.py), where the miscompilation was found and the parameter bound below was
+  measured; at O1 one of 32,768 parameters differed by 0.15 of a step."""
+  if cpu_env.rerun_at_default_level(
+      "tests/test_transformer.py::test_sharded_scanned_stack_step_equals_single_device"):
+    return
   stack = dict(scan=True, num_kv_heads=2, rope_base=1e4, remat_policy="dots_saveable")
   rules = [(k, "tensor" if k == "act_emb" else v) for k, v in config_lib.DEFAULT_SHARDING_RULES]
   c = _stack_config(dict(data=1, fsdp=1, tensor=1), stack)

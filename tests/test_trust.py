@@ -19,6 +19,7 @@ from jaxaffect import sharding as shd
 from jaxaffect import trainer
 from jaxaffect import workdir_lock
 from jaxaffect.errors import NoIntactCheckpoint, UserError, WorkdirInUse
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env():
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = xla_flags(8)
   env["JAX_PLATFORMS"] = "cpu"
   return env
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = "tests/configs/toy.py"
@@ -13,7 +14,7 @@ TOY = "tests/configs/toy.py"
 def _run(args, tmp_path):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = xla_flags(8)
   env["JAX_PLATFORMS"] = "cpu"
   env["JAXAFFECT_DATA_DIR"] = str(tmp_path / "data")
   args = [a.replace("{tmp}", str(tmp_path)) for a in args]

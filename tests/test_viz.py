@@ -11,6 +11,7 @@ import pytest
 
 from jaxaffect.tools import sweep
 from jaxaffect.methods.vaanet import attention
+from cpu_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env(data_dir):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = xla_flags(8)
   env["JAX_PLATFORMS"] = "cpu"
   env["JAXAFFECT_DATA_DIR"] = data_dir
   return env

@@ -77,6 +77,18 @@ class Method(base.Method):
     config_lib.check_choice("model.visual_input", self.visual_input, ("frames", "features"))
     # A converted checkpoint's backbone has no place in a features-mode model.
     self.init_from_ignore = ("visual_backbone",) if self.visual_input == "features" else ()
+    if not c.model.get("use_visual", True):  # the paper's audio rows: one-line config errors
+      if not c.model.get("use_audio", True):
+        raise UserError("model.use_visual=False and model.use_audio=False leave no stream")
+      if c.model.get("use_inter", True):
+        raise UserError("model.use_visual=False needs model.use_inter=False (the inter-modal "
+                        "relation needs both streams)")
+      if c.model.get("legacy_code", False):
+        raise UserError("model.use_visual=False has no legacy_code form (the release has no "
+                        "audio-only model); use the paper's forms")
+      if self.visual_input == "features":
+        raise UserError("model.use_visual=False reads no visual features; set "
+                        "model.visual_input='frames'")
     if self.visual_input == "features":
       if e.input == "frames":
         raise UserError("erase.input='frames' re-encodes the erased views' frames, which a "
@@ -97,13 +109,20 @@ class Method(base.Method):
   def uses_audio(self) -> bool:
     return bool(self.config.model.get("use_audio", True))
 
+  @property
+  def uses_visual(self) -> bool:
+    return bool(self.config.model.get("use_visual", True))
+
   def example_batch(self, batch_size: int):
     ds = self.config.dataset
     s, t, c = int(ds.num_segments), int(ds.snippet_len), int(ds.crop_size)
-    if self.visual_input == "features":
-      out = {"video_features": np.zeros((batch_size, s, self.model.visual_dim), np.float32)}
+    out = {}
+    if not self.uses_visual:
+      pass  # the pipeline's frames are not read (audio rows)
+    elif self.visual_input == "features":
+      out["video_features"] = np.zeros((batch_size, s, self.model.visual_dim), np.float32)
     else:
-      out = {"video": np.zeros((batch_size, s, t, c, c, 3), np.uint8)}
+      out["video"] = np.zeros((batch_size, s, t, c, c, 3), np.uint8)
     out["label"] = np.zeros((batch_size,), np.int32)
     if self.uses_audio:
       out["audio"] = np.zeros((batch_size, s, int(ds.get("audio_frames", 100)),
@@ -111,6 +130,8 @@ class Method(base.Method):
     return out
 
   def model_inputs(self, batch):
+    if not self.uses_visual:
+      return {"audio": batch["audio"]}
     visual = "video_features" if self.visual_input == "features" else "video"
     return {visual: batch[visual], "audio": batch.get("audio")}
 
@@ -129,7 +150,7 @@ class Method(base.Method):
       state = {**state, **new}
       return out
 
-    video, audio = batch.get("video"), batch.get("audio")
+    video, audio = batch.get("video") if self.uses_visual else None, batch.get("audio")
     if self.visual_input == "features":
       v, a = apply(cten_model.CTEN.encode, None, audio, True,
                    video_features=batch["video_features"])
@@ -140,18 +161,19 @@ class Method(base.Method):
     losses = [_cross_entropy(out["logits"], labels)]
     metrics = {"top1": jnp.mean((jnp.argmax(out["logits"], -1) == labels).astype(jnp.float32))}
     if e.enabled:
-      gv = jax.lax.stop_gradient(out["gamma"])
-      ga = jax.lax.stop_gradient(out["gamma_audio"]) if a is not None else None
+      gv = jax.lax.stop_gradient(out["gamma"])  # the audio's own without the visual stream
+      ga = jax.lax.stop_gradient(out["gamma_audio"]) if a is not None and v is not None else None
       key, rest = erasing.keyframe_masks(gv, ga, float(e.theta), str(e.rule))
       metrics["keyframe_fraction"] = jnp.mean(key.astype(jnp.float32))
       metrics["flat_fallback"] = jnp.mean((~jnp.any(key, -1)).astype(jnp.float32))
       for name, keep in (("rest", rest), ("keyframes", key)):  # the released pass order
         idx = erasing.view_indices(keep)
         if e.input == "frames":
-          vi, ai = apply(cten_model.CTEN.encode, erasing.gather_segments(video, idx),
+          vi, ai = apply(cten_model.CTEN.encode,
+                         None if video is None else erasing.gather_segments(video, idx),
                          None if audio is None else erasing.gather_segments(audio, idx), True)
         else:
-          vi = erasing.gather_segments(v, idx)
+          vi = None if v is None else erasing.gather_segments(v, idx)
           ai = None if a is None else erasing.gather_segments(a, idx)
         view = apply(cten_model.CTEN.head, vi, ai, True)
         losses.append(_cross_entropy(view["logits"], labels))
@@ -169,7 +191,7 @@ class Method(base.Method):
     out = self.model.apply({"params": params, **model_state}, **self.model_inputs(batch),
                            train=False)
     e = self.config.erase
-    ga = out["gamma_audio"] if self.uses_audio else None
+    ga = out["gamma_audio"] if self.uses_audio and self.uses_visual else None
     key, _ = erasing.keyframe_masks(out["gamma"], ga, float(e.theta), str(e.rule))
     score = erasing.normalise(out["gamma"])[0]
     if ga is not None and e.rule == "paper":

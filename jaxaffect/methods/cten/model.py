@@ -107,7 +107,9 @@ class CTEN(nn.Module):
   temporal attention per modality) at the released code's sizes (16 segments of 16 frames at
   112 px, 3D ResNet-101, ResNet-18 on 16 x 100 x 128 fbank, audio width 2048).
   legacy_code: VAANetErase's forms (module docstring). use_audio=False is the visual stream
-    alone (with legacy_code: VisualErase).
+    alone (with legacy_code: VisualErase); use_visual=False the audio stream alone (the
+    paper's audio rows of its Table 2; the release has no such model, so not with legacy_code):
+    no 3D ResNet, the audio temporal attention is the one erasing reads.
   use_intra / use_inter: the paper's ablation rows (inter needs audio).
   attention_init: "vaanet" (kaiming fan-out conv, temporal fc bias 1: VAANet's, which CTEN
     follows) or "torch" (PyTorch's defaults: the released code never calls its init).
@@ -128,6 +130,7 @@ class CTEN(nn.Module):
   nonlocal_dim: int = 256
   num_heads: int = 8
   use_audio: bool = True
+  use_visual: bool = True
   use_intra: bool = True
   use_inter: bool = True
   legacy_code: bool = False
@@ -150,17 +153,24 @@ class CTEN(nn.Module):
                        f"got {self.backbone_bn!r}")
     if self.attention_init not in ("vaanet", "torch"):
       raise ValueError(f"attention_init must be 'vaanet' or 'torch', got {self.attention_init!r}")
-    if self.use_inter and not self.use_audio:
-      raise ValueError("use_inter needs use_audio (the inter-modal relation is cross-modal)")
+    if self.use_inter and not (self.use_audio and self.use_visual):
+      raise ValueError("use_inter needs use_audio and use_visual (the inter-modal relation "
+                       "is cross-modal)")
+    if not (self.use_audio or self.use_visual):
+      raise ValueError("CTEN needs use_visual or use_audio")
+    if self.legacy_code and not self.use_visual:
+      raise ValueError("legacy_code has no audio-only model (the release's are VAANetErase "
+                       "and VisualErase); use_visual=False needs the paper's forms")
     if self.legacy_code and self.use_inter and self.audio_dim != self.visual_dim:
       raise ValueError(f"legacy_code adds audio-queried attention to v: audio_dim "
                        f"({self.audio_dim}) must equal visual_dim ({self.visual_dim})")
     cdt = jnp.dtype(self.dtype)
-    self.visual_backbone = ResNet3D(self.visual_depth, self.visual_width,
-                                    conv1_t_size=self.conv1_t_size, conv_impl=self.conv_impl,
-                                    dtype=cdt)
-    if self.use_intra:
-      self.nl_0 = NonLocal(self.nonlocal_dim, self.legacy_code, dtype=cdt)
+    if self.use_visual:
+      self.visual_backbone = ResNet3D(self.visual_depth, self.visual_width,
+                                      conv1_t_size=self.conv1_t_size,
+                                      conv_impl=self.conv_impl, dtype=cdt)
+      if self.use_intra:
+        self.nl_0 = NonLocal(self.nonlocal_dim, self.legacy_code, dtype=cdt)
     if self.use_audio:
       self.audio_backbone = ResNet2D(self.audio_depth, self.audio_width,
                                      pool_window=self.audio_pool_window, dtype=cdt)
@@ -178,10 +188,12 @@ class CTEN(nn.Module):
     else:
       ta = dict(conv_init=torch_default_kernel_init, fc_bias=True,
                 fc_bias_init=torch_default_bias_init(s))
-    self.ta_net = AttentionNet(**ta, dtype=cdt)
+    if self.use_visual:
+      self.ta_net = AttentionNet(**ta, dtype=cdt)
     if self.use_audio and not self.legacy_code:
       self.ta_net_a = AttentionNet(**ta, dtype=cdt)
-    width = self.visual_dim + (self.audio_dim if self.use_audio else 0)
+    width = ((self.visual_dim if self.use_visual else 0)
+             + (self.audio_dim if self.use_audio else 0))
     self.dropout = nn.Dropout(self.dropout_rate)
     self.fc = dense(self.num_classes, axes=("embed", "classes"), fan_in=width, dtype=jnp.float32)
 
@@ -209,9 +221,17 @@ class CTEN(nn.Module):
     return a.reshape(b, s, -1)
 
   def encode(self, video: Array | None, audio: Array | None, train: bool,
-             video_features: Array | None = None) -> tuple[Array, Array | None]:
-    """(v [B, S, C] float32, a [B, S, E] or None); `video_features` [B, S, C] (a cache of the
-    frozen backbone's pooled outputs) replaces `video`."""
+             video_features: Array | None = None) -> tuple[Array | None, Array | None]:
+    """(v [B, S, C] float32 or None (use_visual=False: any video is ignored), a [B, S, E] or
+    None); `video_features` [B, S, C] (a cache of the frozen backbone's pooled outputs)
+    replaces `video`."""
+    if not self.use_visual:
+      if audio is None:
+        raise ValueError("audio [B, S, F, M] is needed when use_visual=False")
+      if audio.shape[1] != self.num_segments:
+        raise ValueError(f"audio has {audio.shape[1]} segments, model num_segments="
+                         f"{self.num_segments}")
+      return None, self.encode_audio(audio, train)
     if video_features is not None:
       if video_features.ndim != 3:
         raise ValueError(f"video_features must be [B, S, C], got {video_features.shape}")
@@ -234,10 +254,20 @@ class CTEN(nn.Module):
     return v, a
 
   # ---- relations, temporal attention, classifier ---------------------------------------------
-  def head(self, v: Array, a: Array | None, train: bool) -> dict[str, Array]:
+  def head(self, v: Array | None, a: Array | None, train: bool) -> dict[str, Array]:
+    """One view's logits and temporal attentions; v is None for the audio stream alone, whose
+    attention is then `gamma` too (the one erasing and the keyframes read)."""
     cdt = jnp.dtype(self.dtype)
     f32 = jnp.float32
     ura = not train
+    if v is None:
+      a = _constrain(a.astype(cdt), None, None)
+      a2 = self.nl_a_0(a, ura) if self.use_intra else a
+      gamma = nn.relu(self.ta_net_a(a2, ura).astype(f32))
+      pooled = jnp.mean(a2.astype(f32) * gamma[..., None], axis=1)
+      pooled = self.dropout(pooled, deterministic=not train)
+      logits = _constrain(self.fc(pooled), None)
+      return dict(logits=logits.astype(f32), gamma=gamma, gamma_audio=gamma)
     v = _constrain(v.astype(cdt), None, None)
     a = None if a is None else _constrain(a.astype(cdt), None, None)
     if self.legacy_code:
@@ -272,4 +302,5 @@ class CTEN(nn.Module):
   def __call__(self, video: Array | None = None, audio: Array | None = None,
                train: bool = False, video_features: Array | None = None) -> dict[str, Array]:
     v, a = self.encode(video, audio, train, video_features)
-    return {**self.head(v, a, train), "v": v, **({} if a is None else {"a": a})}
+    return {**self.head(v, a, train), **({} if v is None else {"v": v}),
+            **({} if a is None else {"a": a})}
