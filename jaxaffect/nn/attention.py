@@ -177,7 +177,7 @@ class MultiHeadAttention(nn.Module):
   [B, N, T, S] (float32; the explicit path), e.g. MART's CLS->patch and text->patch maps; with
   `weights_rows=R` only those of the first R queries, [B, N, R, S], from their own small
   logits product, while the output comes from the fused kernel as without weights (MART's
-  CLS row: the explicit path over all 425 queries of its fusion blocks took ~15% of the
+  CLS row: the explicit path over all 425 queries of its fusion blocks took ~16% of the
   ViT-B step on an H200). Weights are those before attention dropout either way.
   `projection_activation="relu"` applies ReLU after the q, k, v and output projections
   (MART's TACL cross-attention).
