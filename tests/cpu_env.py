@@ -7,9 +7,11 @@ so they share the session's persistent compilation cache with the in-process tes
 """
 
 
-def xla_flags(devices: int = 8) -> str:
-  return (f"--xla_force_host_platform_device_count={devices} "
-          "--xla_backend_optimization_level=1")
+O1 = "--xla_backend_optimization_level=1"
+
+
+def xla_flags(devices: int = 8, o1: bool = True) -> str:
+  return f"--xla_force_host_platform_device_count={devices}" + (f" {O1}" if o1 else "")
 
 
 DEFAULT_LEVEL_RUN = "JAXAFFECT_TEST_AT_DEFAULT_XLA_LEVEL"
@@ -23,11 +25,10 @@ def rerun_at_default_level(nodeid: str) -> bool:
   import os
   import subprocess
   import sys
-  if os.environ.get(DEFAULT_LEVEL_RUN) or "optimization_level=1" not in os.environ.get(
-      "XLA_FLAGS", ""):
+  if os.environ.get(DEFAULT_LEVEL_RUN) or O1 not in os.environ.get("XLA_FLAGS", ""):
     return False
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8, o1=False),
              **{DEFAULT_LEVEL_RUN: "1"})
   r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid],
                      env=env, cwd=root, capture_output=True, text=True)

@@ -117,7 +117,8 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
   return {"compile_s": compile_s, "profiled_step_s": step_s, "trace_dir": trace_dir,
           "op_time_s": total / 1e9, "by_kind": by_kind, "by_source": by_source,
           "by_kernel": by_kernel, "unmatched": unmatched,
-          "unmatched_s": sum(unmatched.values()) / 1e9, "planes": [p.name for p in planes]}
+          "unmatched_s": sum(unmatched.values()) / 1e9, "on_device": on_device,
+          "planes": [p.name for p in planes]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
   print(f"by source op (top {args.top}; layer indices dropped):")
   for k, v in res["by_source"].most_common(args.top):
     print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")
-  if any(p.startswith("/device:") for p in res["planes"]):
+  if res["on_device"]:
     print(f"by kernel (top {args.top}):")
     for k, v in res["by_kernel"].most_common(args.top):
       print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")

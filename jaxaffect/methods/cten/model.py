@@ -260,15 +260,7 @@ class CTEN(nn.Module):
     cdt = jnp.dtype(self.dtype)
     f32 = jnp.float32
     ura = not train
-    if v is None:
-      a = _constrain(a.astype(cdt), None, None)
-      a2 = self.nl_a_0(a, ura) if self.use_intra else a
-      gamma = nn.relu(self.ta_net_a(a2, ura).astype(f32))
-      pooled = jnp.mean(a2.astype(f32) * gamma[..., None], axis=1)
-      pooled = self.dropout(pooled, deterministic=not train)
-      logits = _constrain(self.fc(pooled), None)
-      return dict(logits=logits.astype(f32), gamma=gamma, gamma_audio=gamma)
-    v = _constrain(v.astype(cdt), None, None)
+    v = None if v is None else _constrain(v.astype(cdt), None, None)
     a = None if a is None else _constrain(a.astype(cdt), None, None)
     if self.legacy_code:
       if self.use_intra:
@@ -281,20 +273,22 @@ class CTEN(nn.Module):
       pooled = jnp.mean(h.astype(f32) * gamma[..., None], axis=1)
       gamma_audio = gamma
     else:
-      v2 = self.nl_0(v, ura) if self.use_intra else v      # F' = F + W Z
-      a2 = None
+      streams = []  # (features after the relations, its temporal attention net)
+      if v is not None:
+        v2 = self.nl_0(v, ura) if self.use_intra else v      # F' = F + W Z
+        if a is not None and self.use_inter:                  # + W U: F' + F'' - F
+          v2 = v2 + self.v2a_attn(v, a)
+        streams.append((v2, self.ta_net))
       if a is not None:
         a2 = self.nl_a_0(a, ura) if self.use_intra else a
-        if self.use_inter:                                  # + W U: F' + F'' - F
-          v2 = v2 + self.v2a_attn(v, a)
+        if v is not None and self.use_inter:
           a2 = a2 + self.a2v_attn(a, v)
-      gamma = nn.relu(self.ta_net(v2, ura).astype(f32))
-      pooled = jnp.mean(v2.astype(f32) * gamma[..., None], axis=1)
-      gamma_audio = gamma
-      if a2 is not None:
-        gamma_audio = nn.relu(self.ta_net_a(a2, ura).astype(f32))
-        pooled = jnp.concatenate(
-            [pooled, jnp.mean(a2.astype(f32) * gamma_audio[..., None], axis=1)], axis=-1)
+        streams.append((a2, self.ta_net_a))
+      gammas = [nn.relu(net(x, ura).astype(f32)) for x, net in streams]
+      pooled = jnp.concatenate([jnp.mean(x.astype(f32) * g[..., None], axis=1)
+                                for (x, _), g in zip(streams, gammas)], axis=-1)
+      # gamma: the visual attention, or the audio's alone without the visual stream.
+      gamma, gamma_audio = gammas[0], gammas[-1]
     pooled = self.dropout(pooled, deterministic=not train)
     logits = _constrain(self.fc(pooled), None)
     return dict(logits=logits.astype(f32), gamma=gamma, gamma_audio=gamma_audio)
