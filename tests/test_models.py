@@ -1,12 +1,14 @@
 """Model tests: conv implementations agree, ResNet/VAANet shapes and exact param counts, VAANet
 forward semantics (attention normalisation, frozen backbone, BN policies, ablations)."""
 import math
+import re
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 
 from jaxaffect.nn import count_params
@@ -98,6 +100,43 @@ def test_conv_unfold_and_hybrid_match_native_values_and_grads(case):
     conv(x, k, strides, pad, "taps")
   with pytest.raises(ValueError, match="needs x"):
     conv(x[..., None], k, strides, pad)
+
+
+def test_materialized_is_exact_and_stops_recomputation_in_transposes():
+  special = np.array([0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1e-45, -3e-39, 3e38],
+                     np.float32)
+  for a0 in (0.0, np.nan, np.inf, -np.inf, -7.0, 1e-45):
+    x = jnp.asarray(np.concatenate([[a0], special]).astype(np.float32))
+    got = np.asarray(jax.jit(layers.materialized)(x))
+    # Bitwise x, except that XLA:CPU flushes subnormals to (signed) zero in every op (x * 1
+    # here, as in the ReLU / BatchNorm that produce what the model materializes).
+    want = np.asarray(jax.jit(jnp.multiply)(x, jnp.float32(1)))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert want.view(np.uint32)[-2] == np.float32(-0.0).view(np.uint32)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+  g = jax.grad(lambda x: jnp.sum(layers.materialized(x) * x))(x)
+  np.testing.assert_array_equal(g, 2 * x)
+
+  # The reason it exists: a BatchNorm-like chain feeding a (9, 1) convolution whose folded
+  # kernel gradient transposes the input. Unmaterialized, XLA:CPU recomputes the chain (its
+  # ReLU maximum) inside the transposing fusion; materialized, no fusion does both.
+  def loss(a, r, s, k, mat):
+    x = jax.nn.relu(a * s + r)
+    x = layers.materialized(x) if mat else x
+    return jnp.sum(layers._conv_hybrid(x, k, (1, 1), (4, 0)) ** 2)
+
+  a, r = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 12, 5, 8))
+  s, k = jnp.ones((8,)), jnp.ones((9, 1, 8, 8))
+
+  def transposing_fusions_with_max(mat):
+    grad = jax.jit(jax.grad(loss, argnums=(0, 3)), static_argnums=4)
+    hlo = grad.lower(a, r, s, k, mat).compile().as_text()
+    comps = re.split(r"\n(?=\S)", hlo)
+    return [c.split(" ")[0] for c in comps
+            if re.search(r"= \S+ transpose\(", c) and re.search(r"= \S+ maximum\(", c)]
+
+  assert transposing_fusions_with_max(False), "XLA:CPU no longer recomputes it: drop the workaround?"
+  assert not transposing_fusions_with_max(True)
 
 
 def test_conv_module_keeps_nn_conv_variables():

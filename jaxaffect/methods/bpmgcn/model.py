@@ -35,8 +35,8 @@ import numpy as np
 
 from jaxaffect.methods.bpmgcn import gait_features
 from jaxaffect.nn.layers import (BatchNorm, Conv, Initializer, dense,
-                                 kaiming_normal_fan_out, torch_default_bias_init,
-                                 torch_default_kernel_init)
+                                 kaiming_normal_fan_out, materialized,
+                                 torch_default_bias_init, torch_default_kernel_init)
 
 Array = jax.Array
 
@@ -190,12 +190,14 @@ class GCNBlock(nn.Module):
   def __call__(self, x: Array, train: bool) -> Array:
     y = AdaptiveGraphConv(self.features, self.adjacency, dtype=self.dtype, name="gcn1")(x, train)
     y = TemporalUnit(self.features, 9, self.stride, dtype=self.dtype, name="tcn1")(y, train)
+    # The block output is stored once (`materialized`): the next block's 1x1 weight gradients
+    # transpose it, and XLA:CPU would otherwise recompute this ReLU chain in each transpose.
     if not self.residual:
-      return nn.relu(y)
+      return materialized(nn.relu(y))
     if x.shape[-1] == self.features and self.stride == 1:
-      return nn.relu(y + x)
+      return materialized(nn.relu(y + x))
     r = TemporalUnit(self.features, 1, self.stride, dtype=self.dtype, name="residual")(x, train)
-    return nn.relu(y + r)
+    return materialized(nn.relu(y + r))
 
 
 class AxisAttention(nn.Module):
