@@ -88,12 +88,15 @@ def test_conv_unfold_and_hybrid_match_native_values_and_grads(case):
     for got, ref in zip(res[impl], res["native"]):
       assert got.shape == ref.shape
       np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5, err_msg=impl)
-  np.testing.assert_array_equal(res["hybrid"][0], res["native"][0])  # its forward is native
-  if layers._foldable(k.shape, strides, pad):
+  if layers._foldable(k.shape, strides, pad) and layers._one_wide_dim(k.shape, strides) is not None:
+    pass  # a native 1-d convolution with the size-1 dims in the batch: close to native, above
+  elif layers._foldable(k.shape, strides, pad):
+    np.testing.assert_array_equal(res["hybrid"][0], res["native"][0])  # its forward is native
     # Size-1 kernel dims: the native input gradient and the folded kernel gradient (close to
     # native's above).
     np.testing.assert_array_equal(res["hybrid"][1], res["native"][1])
   else:
+    np.testing.assert_array_equal(res["hybrid"][0], res["native"][0])  # its forward is native
     for got, ref in zip(res["hybrid"][1:], res["unfold"][1:]):
       np.testing.assert_array_equal(got, ref)  # its gradients are unfold's
   with pytest.raises(ValueError, match="conv impl"):
