@@ -109,7 +109,7 @@ def get_config(arg=None):
                 ratio_slope=0.8, ratio_cap=0.5, schedule_epochs=100)
   c.loss = dict(pcce_lambda=0.5, rec_weight=0.05, comp_weight=1.0, cls_weight=1.0,
                 cls_c_weight=1.0, dist_weight=1.0, cpc_sign=1.0, distribution=False,
-                rec_target="normalized")
+                rec_target="normalized", cpc_negatives="video")
 
   if a.released:
     c.frozen_params = c.frozen_params + RELEASED_FROZEN
