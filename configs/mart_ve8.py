@@ -67,8 +67,9 @@ def get_config(arg=None):
   d.split = a.split
   d.auto_prepare = bool(a.synthetic or a.smoke)
   d.eval_split = "test"
+  # The pool's sound follows its picture with probability pool_coupling (affect_world.py).
   d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20, subtitles=True,
-                     unlabelled=-1)
+                     unlabelled=-1, pool_coupling=1.0)
   d.extraction = dict(fps=0.0, frame_short_side=128, max_frames=4096, audio_sr=44100, n_mfcc=32,
                       n_fft=2048, hop_length=512, no_audio_policy="zeros", fbank_bins=128,
                       subtitles_vocab="", lexicon="")
@@ -108,7 +109,7 @@ def get_config(arg=None):
                 ratio_slope=0.8, ratio_cap=0.5, schedule_epochs=100)
   c.loss = dict(pcce_lambda=0.5, rec_weight=0.05, comp_weight=1.0, cls_weight=1.0,
                 cls_c_weight=1.0, dist_weight=1.0, cpc_sign=1.0, distribution=False,
-                rec_target="normalized")
+                rec_target="normalized", cpc_negatives="video")
 
   if a.released:
     c.frozen_params = c.frozen_params + RELEASED_FROZEN

@@ -163,7 +163,12 @@ def test_family_generates_subtitles_only_when_asked():
   c.synthetic.subtitles = True
   kw = ve_family.FAMILY.generator_kwargs(c)
   assert kw["with_subtitles"] and kw["num_unlabelled"] is None
-  assert families.raw_dir(ve_family.FAMILY, c).startswith(plain + "_")
+  assert kw["pool_coupling"] == ve_family.POOL_COUPLING == aw.POOL_COUPLING
+  coupled = families.raw_dir(ve_family.FAMILY, c)
+  assert coupled.startswith(plain + "_")
+  c.synthetic.pool_coupling = 0.0  # another pool, another folder
+  assert ve_family.FAMILY.generator_kwargs(c)["pool_coupling"] == 0.0
+  assert families.raw_dir(ve_family.FAMILY, c) not in (plain, coupled)
 
 
 # ----------------------------------------------------------------------------- text by hand

@@ -196,6 +196,12 @@ def test_comp_loss_against_numpy(sign):
   want /= B
   got = tacl.comp_loss({k: jnp.asarray(v) for k, v in out.items()}, jnp.asarray(mask), sign, NS)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  # loss.cpc_negatives="batch": every video's valid rows in one set (MMIM's batch negatives).
+  rows = lambda k: out[k][mask]
+  want = sign * (_np_cpc(rows("v2l"), rows("v2l_hat")) + _np_cpc(rows("a2l"), rows("a2l_hat")))
+  got = tacl.comp_loss({k: jnp.asarray(v) for k, v in out.items()}, jnp.asarray(mask), sign, NS,
+                       negatives="batch")
+  np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_drop_path_per_clip_before_the_projection_without_residual(setup):

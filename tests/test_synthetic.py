@@ -1,6 +1,7 @@
 """The synthetic affect world: determinism, idempotence, real-format files, cue structure."""
 import colorsys
 import filecmp
+import json
 import os
 import re
 
@@ -12,6 +13,7 @@ from data_pipelines import media
 from data_pipelines.synthetic import __main__ as cli
 from data_pipelines.synthetic import affect_world as aw
 from data_pipelines.synthetic import common
+from data_pipelines.synthetic import subtitles
 
 TINY = dict(num_train_per_class=2, num_test_per_class=1, size=32, fps=8,
             min_duration=0.5, max_duration=0.9, num_workers=1, verbose=False)
@@ -173,3 +175,44 @@ def test_runs_preparing_one_data_dir_take_turns(tmp_path):
   assert os.path.exists(os.path.join(raw, common.DONE_FILE))
   train = families.open_source(video_emotion.FAMILY, c.dataset, "train")
   assert len(train) == 16  # 8 classes x 2 clips
+
+
+def test_pool_sound_follows_picture_and_labelled_clips_do_not_change(tmp_path):
+  """The unlabelled pool's audio cue is its visual group's own with probability pool_coupling
+  (0: the independent draw of earlier versions); the labelled clips are the same bytes."""
+  legacy = [int(common.rng_for(5, "ve8_unlabelled_class", i).integers(8)) for i in range(2000)]
+  assert [aw.pool_class(5, i, 0.0) for i in range(2000)] == legacy
+  coupled = [aw.class_factors(aw.pool_class(5, i, 1.0)) for i in range(2000)]
+  assert all(cue == group % aw.NUM_CUES for group, cue in coupled)
+  assert {group for group, _ in coupled} == set(range(aw.NUM_GROUPS))  # groups as before
+  assert [g for g, _ in coupled] == [aw.class_factors(c)[0] for c in legacy]
+  half = [aw.class_factors(aw.pool_class(5, i, 0.5)) for i in range(2000)]
+  assert 0.70 < np.mean([cue == group % 2 for group, cue in half]) < 0.80  # 0.5 + 0.5 / 2
+  with pytest.raises(ValueError, match="pool_coupling"):
+    aw.generate_ve8_style(tmp_path / "bad", seed=5, **TINY, pool_coupling=1.5)
+
+  kw = dict(TINY, num_train_per_class=1, num_test_per_class=0, size=16, fps=4,
+            min_duration=0.5, max_duration=0.5, with_subtitles=True, num_unlabelled=6)
+  outs = {p: tmp_path / f"p{p}" for p in (0.0, 1.0)}
+  for p, out in outs.items():
+    aw.generate_ve8_style(out, seed=5, **kw, pool_coupling=p)
+  labelled = [n for n in _files(outs[0.0]) if not n.startswith(aw.UNLABELLED_DIR + os.sep)
+              and n.endswith((".mp4", ".srt", ".txt", ".tsv"))]
+  assert len([n for n in labelled if n.endswith(".mp4")]) == 8
+  _, mismatch, errors = filecmp.cmpfiles(outs[0.0], outs[1.0], labelled, shallow=False)
+  assert not mismatch and not errors
+  done = {p: json.loads((out / common.DONE_FILE).read_text()) for p, out in outs.items()}
+  assert "pool_coupling" not in done[0.0] and done[1.0]["pool_coupling"] == 1.0
+  with pytest.raises(FileExistsError):  # an independent pool is never reused as a coupled one
+    aw.generate_ve8_style(outs[0.0], seed=5, **kw, pool_coupling=1.0)
+  moved = [i for i in range(6) if aw.pool_class(5, i, 1.0) != aw.pool_class(5, i, 0.0)]
+  assert moved  # this seed moves some pool clips to their group's cue
+  words = {w: c for c, (ws, _, _) in enumerate(subtitles.CLASS_WORDS) for w in ws}
+  for i in range(6):
+    name = os.path.join(aw.UNLABELLED_DIR, f"clip_{i:05d}")
+    same = all(filecmp.cmp(outs[0.0] / (name + e), outs[1.0] / (name + e), shallow=False)
+               for e in (".mp4", ".srt"))
+    assert same == (i not in moved)
+    label = aw.pool_class(5, i, 1.0)  # the subtitles name the (new) class's polarity
+    said = [words[w] for w in (outs[1.0] / (name + ".srt")).read_text().split() if w in words]
+    assert said and all(common.VE8_POLARITY[c] == common.VE8_POLARITY[label] for c in said)

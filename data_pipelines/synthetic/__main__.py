@@ -1,5 +1,5 @@
 """CLI: python -m data_pipelines.synthetic --out DIR [--num-train-per-class N ...]
-[--subtitles [--unlabelled N]] [--keyframes] [--gait|--tsl].
+[--subtitles [--unlabelled N] [--pool-coupling P]] [--keyframes] [--gait|--tsl].
 """
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def main(argv=None) -> int:
   p.add_argument("--unlabelled", type=int, default=None, metavar="N",
                  help="clips in <out>/unlabelled/ (no labels; default: 5x the train split "
                       "with --subtitles, else 0)")
+  p.add_argument("--pool-coupling", "--pool_coupling", type=float,
+                 default=affect_world.POOL_COUPLING, metavar="P",
+                 help="probability that an unlabelled clip's sound follows its picture (its "
+                      "audio cue is its visual group's own; else drawn independently); "
+                      "labelled clips keep the two independent; 0 = the pool of earlier "
+                      "versions (default: %(default)s)")
   p.add_argument("--gait", action="store_true",
                  help="write the synthetic Emotion-Gait h5 layout instead (synthetic/gait.py)")
   p.add_argument("--num-per-class", type=int, default=200, help="gaits per class (--gait)")
@@ -60,6 +66,7 @@ def main(argv=None) -> int:
         num_test_per_class=a.num_test_per_class, size=a.size, fps=a.fps, sr=a.sr,
         min_duration=a.min_duration, max_duration=a.max_duration, num_workers=a.num_workers,
         with_subtitles=a.subtitles, num_unlabelled=a.unlabelled, keyframes=a.keyframes,
+        pool_coupling=a.pool_coupling,
     )
   except (FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

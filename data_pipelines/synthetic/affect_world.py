@@ -14,6 +14,17 @@ object position, size, speed, phase, hue jitter, brightness, loudness, audio noi
 delay and duration. A vision-only model can reach about 50% (group known, cue guessed), an
 audio-only model about 25%, a constant one 12.5%.
 
+The unlabelled pool (MART's pretraining corpus) stands for unlabelled footage, where the sound
+follows the picture: with probability `pool_coupling` (default POOL_COUPLING = 1) a pool clip's
+audio cue is its visual group's own (cue = group % 2: red and cyan objects hum low, green and
+purple ones beep high), else its class is drawn uniformly as for a labelled clip. In a pool
+with independent factors video and audio share no information, so a cross-modal objective
+(MART's TACL CPC, the only stage-1 term that trains the audio stream) has nothing to learn
+(docs/results.md, sessions 13 and 14). The labelled train and test clips keep the two factors
+independent (classes uniform), so the labelled task still needs both modalities; they are the
+same bytes whatever `pool_coupling`. `pool_coupling=0` gives the independent pool of earlier
+versions, byte for byte.
+
 `render_clip` is the building block later generators (untrimmed clips with emotional segments)
 can reuse; `generate_ve8_style` writes a VE-8-style dataset, optionally with subtitles
 (synthetic/subtitles.py) and an unlabelled pool of clips (MART's pretraining corpus).
@@ -44,6 +55,7 @@ UNLABELLED_DIR = "unlabelled"
 UNLABELLED_FACTOR = 5  # The default pool: 5x the labelled train split (issue #12).
 KEYFRAMES_FILE = "keyframes.json"  # The emotional segments of a `keyframes` world.
 KEYFRAME_LABEL = "keyframe"
+POOL_COUPLING = 1.0  # P(a pool clip's cue is its group's own); jaxaffect/data/video_emotion.py
 
 
 def class_index(group: int, cue: int) -> int:
@@ -53,6 +65,17 @@ def class_index(group: int, cue: int) -> int:
 def class_factors(label: int) -> tuple[int, int]:
   """(visual group, audio cue) of a 0-based class index."""
   return divmod(int(label), NUM_CUES)
+
+
+def pool_class(seed: int, index: int, coupling: float = POOL_COUPLING) -> int:
+  """The class of unlabelled pool clip `index`: uniform over the classes (the draw of earlier
+  versions, its own stream), then with probability `coupling` (another stream) the cue is
+  replaced by the group's own, group % NUM_CUES, so the clip's sound follows its picture."""
+  label = int(common.rng_for(seed, "ve8_unlabelled_class", index).integers(len(common.VE8_CLASSES)))
+  if coupling > 0 and common.rng_for(seed, "ve8_pool_coupling", index).uniform() < coupling:
+    group, _ = class_factors(label)
+    label = class_index(group, group % NUM_CUES)
+  return label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +256,7 @@ def generate_ve8_style(
     with_subtitles: bool = False,
     num_unlabelled: int | None = None,
     keyframes: bool = False,
+    pool_coupling: float = POOL_COUPLING,
 ) -> str:
   """Writes a VE-8-style dataset (mp4 + classInd.txt + splits/*01.txt) into `out_dir`.
 
@@ -244,7 +268,11 @@ def generate_ve8_style(
   `num_unlabelled` clips (default: 5x the train split with subtitles, else none) go to
   `unlabelled/clip_<i>.mp4` (with their .srt when `with_subtitles`), outside the class
   folders and split lists: an unlabelled pretraining pool from the same world, each clip of a
-  class drawn uniformly from its own random stream (the DONE marker names it when > 0).
+  class drawn from its own random stream by `pool_class`: its audio cue follows its visual
+  group with probability `pool_coupling` (the module docstring says why), else uniform (the
+  DONE marker names the pool's size when > 0, and `pool_coupling` when > 0 too, so a pool of
+  another coupling is never reused; 0 = the independent pool of earlier versions). The
+  labelled clips do not depend on `pool_coupling`.
 
   `keyframes` renders every labelled clip with its cue on during one emotional segment only
   (render_keyframe_clip; clips 4-6 s unless the durations are given) and writes the segments
@@ -281,8 +309,12 @@ def generate_ve8_style(
         if with_subtitles else 0
   if num_unlabelled < 0:
     raise ValueError(f"num_unlabelled must be >= 0, got {num_unlabelled}")
+  if not 0.0 <= pool_coupling <= 1.0:
+    raise ValueError(f"pool_coupling must be in [0, 1], got {pool_coupling}")
   if num_unlabelled:
     params["num_unlabelled"] = int(num_unlabelled)
+    if pool_coupling > 0:
+      params["pool_coupling"] = float(pool_coupling)
   out_dir = os.fspath(out_dir)
   if common.begin_output(out_dir, params):
     if verbose:
@@ -303,7 +335,7 @@ def generate_ve8_style(
   if num_unlabelled:
     os.makedirs(os.path.join(out_dir, UNLABELLED_DIR), exist_ok=True)
   for i in range(num_unlabelled):
-    label = int(common.rng_for(seed, "ve8_unlabelled_class", i).integers(len(common.VE8_CLASSES)))
+    label = pool_class(seed, i, pool_coupling)
     jobs.append((os.path.join(out_dir, UNLABELLED_DIR, f"clip_{i:05d}.mp4"), int(seed),
                  UNLABELLED_DIR, label, i, spec, bool(with_subtitles), False))
   if num_workers is None:

@@ -36,14 +36,21 @@ def extraction_kwargs(ds) -> dict:
   return kw
 
 
+# affect_world.POOL_COUPLING (not imported here: the generator needs the media stack).
+POOL_COUPLING = 1.0
+
+
 def _text_knobs(ds) -> dict:
   """`dataset.synthetic.subtitles` (MART: .srt, vocab.txt, lexicon.tsv and an unlabelled pool
-  of `dataset.synthetic.unlabelled` clips, -1 = 5x the train split); absent or off = none."""
+  of `dataset.synthetic.unlabelled` clips, -1 = 5x the train split, whose sound follows the
+  picture with probability `dataset.synthetic.pool_coupling`); absent or off = none. The
+  coupling is always a knob, so the folder of a pool of another coupling is never reused."""
   syn = ds.synthetic
   if not syn.get("subtitles", False):
     return {}
   n = int(syn.get("unlabelled", -1))
-  return dict(with_subtitles=True, num_unlabelled=None if n < 0 else n)
+  return dict(with_subtitles=True, num_unlabelled=None if n < 0 else n,
+              pool_coupling=float(syn.get("pool_coupling", POOL_COUPLING)))
 
 
 def _world_knobs(ds) -> dict:

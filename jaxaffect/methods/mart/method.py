@@ -7,7 +7,8 @@ Steps [0, pretrain.steps) are stage 1 (pretrain_model.MART.pretrain):
       distribution, KL from each segment's lexicon mood histogram to a head on its masked video)
   L_rec: MSE to the normalised tubelet pixels over the masked patches (loss.rec_target=
   "pixels": the plain pixels in [-1, 1], MAE without norm_pix_loss); L_comp: TACL's CPC term
-  times loss.cpc_sign (+1 as released, -1 as MMIM); L_cls: PCCE of the audio head plus PCCE of
+  times loss.cpc_sign (+1 as released, -1 as MMIM), negatives from the same video (as
+  released) or, loss.cpc_negatives="batch", from the whole batch (as MMIM); L_cls: PCCE of the audio head plus PCCE of
   the video head (each on segment means); L_cls_c: the same over TACL's two heads. Examples
   without a label (label -1: the unlabelled pool) count in L_rec and L_comp only.
 Steps [pretrain.steps, total_steps) are stage 2: PCCE over the MBT's audio and video heads,
@@ -36,6 +37,7 @@ from jaxaffect.nn.losses import pcce_loss
 
 TEXT_SOURCES = ("raw", "emotion_words", "both")
 PRETRAIN_DATA = ("labelled", "unlabelled")
+CPC_NEGATIVES = ("video", "batch")  # TACL's CPC: the same video's rows (released), or the batch's
 NUM_MOODS = 8  # the Hourglass moods of data_pipelines/text.py
 STAGE1_TERMS = ("rec", "comp", "cls", "cls_c", "dist")
 
@@ -67,6 +69,8 @@ class Method(base.Method):
     if not 0 <= self.stage1_steps:
       raise UserError(f"config.pretrain.steps must be >= 0, got {self.stage1_steps}")
     config_lib.check_choice("pretrain.data", c.pretrain.data, PRETRAIN_DATA)
+    config_lib.check_choice("loss.cpc_negatives", c.loss.get("cpc_negatives", "video"),
+                            CPC_NEGATIVES)
     self.rec_target = mart_losses.REC_TARGETS[config_lib.check_choice(
         "loss.rec_target", c.loss.get("rec_target", "normalized"), tuple(mart_losses.REC_TARGETS))]
     ema = c.get("ema", None)
@@ -159,7 +163,8 @@ class Method(base.Method):
     tacl = {k[len("tacl_"):]: v for k, v in out.items() if k.startswith("tacl_")}
     if bool(self.config.model.legacy_unmasked_pooling):  # the release's CPC rows include pads
       words_mask = jnp.ones_like(words_mask)
-    terms["comp"] = comp_loss(tacl, words_mask, float(lc.cpc_sign), ns)
+    terms["comp"] = comp_loss(tacl, words_mask, float(lc.cpc_sign), ns,
+                              str(lc.get("cpc_negatives", "video")))
     zero = jnp.zeros((), jnp.float32)
     labels = batch["label"]
     terms["cls"] = (self._pcce(out["logits_a_stage1"], labels)

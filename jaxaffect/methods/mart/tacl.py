@@ -167,14 +167,24 @@ class TACL(nn.Module):
 
 
 def comp_loss(out: dict[str, Array], word_mask: Array, cpc_sign: float,
-              num_segments: int) -> Array:
+              num_segments: int, negatives: str = "video") -> Array:
   """L_comp = cpc_sign * (CPC(v2l <- a2l) + CPC(a2l <- v2l)), computed per video over its
   (segment, word) rows (negatives from the same video only) and averaged over the videos: the
   release trains one video per step (batch 1, accumulated), so its negatives never cross
   videos, and per-video sets keep the similarity matrix at (Ns * L)^2 whatever the batch. Pad
   rows (word_mask False) are dropped. cpc_sign +1 is the release (it adds the score, so
-  minimising pushes matched pairs apart); -1 is MMIM's (it minimises the negative score)."""
+  minimising pushes matched pairs apart); -1 is MMIM's (it minimises the negative score).
+  `negatives="batch"` (loss.cpc_negatives) puts every video's rows in one set, as MMIM's CPC
+  over a batch: rows of other videos become negatives, so the streams must share what tells
+  videos apart (within one video of the synthetic world, nothing class-level does)."""
   rows, length = word_mask.shape
+  if negatives == "batch":
+    flat = lambda key: out[key].reshape(rows * length, out[key].shape[-1])
+    valid = word_mask.reshape(rows * length)
+    return cpc_sign * (cpc_score(flat("v2l"), flat("v2l_hat"), valid)
+                       + cpc_score(flat("a2l"), flat("a2l_hat"), valid))
+  if negatives != "video":
+    raise ValueError(f"negatives must be 'video' or 'batch', got {negatives!r}")
   videos = rows // num_segments
   per_video = lambda key: out[key].reshape(videos, num_segments * length, out[key].shape[-1])
   valid = word_mask.reshape(videos, num_segments * length)
