@@ -67,9 +67,10 @@ def get_config(arg=None):
   d.split = a.split
   d.auto_prepare = bool(a.synthetic or a.smoke)
   d.eval_split = "test"
-  # The pool's sound follows its picture with probability pool_coupling (affect_world.py).
+  # pool_coupling > 0: the pool's sound follows its picture (affect_world.py; off: session 14
+  # measured no gain from it).
   d.synthetic = dict(seed=0, num_train_per_class=80, num_test_per_class=20, subtitles=True,
-                     unlabelled=-1, pool_coupling=1.0)
+                     unlabelled=-1, pool_coupling=0.0)
   d.extraction = dict(fps=0.0, frame_short_side=128, max_frames=4096, audio_sr=44100, n_mfcc=32,
                       n_fft=2048, hop_length=512, no_audio_policy="zeros", fbank_bins=128,
                       subtitles_vocab="", lexicon="")

@@ -14,8 +14,9 @@ object position, size, speed, phase, hue jitter, brightness, loudness, audio noi
 delay and duration. A vision-only model can reach about 50% (group known, cue guessed), an
 audio-only model about 25%, a constant one 12.5%.
 
-The unlabelled pool (MART's pretraining corpus) stands for unlabelled footage, where the sound
-follows the picture: with probability `pool_coupling` (default POOL_COUPLING = 1) a pool clip's
+The unlabelled pool (MART's pretraining corpus) can stand for unlabelled footage, where the
+sound follows the picture: with probability `pool_coupling` (default POOL_COUPLING = 0, off) a
+pool clip's
 audio cue is its visual group's own (cue = group % 2: red and cyan objects hum low, green and
 purple ones beep high), else its class is drawn uniformly as for a labelled clip. In a pool
 with independent factors video and audio share no information, so a cross-modal objective
@@ -23,7 +24,9 @@ with independent factors video and audio share no information, so a cross-modal 
 (docs/results.md, sessions 13 and 14). The labelled train and test clips keep the two factors
 independent (classes uniform), so the labelled task still needs both modalities; they are the
 same bytes whatever `pool_coupling`. `pool_coupling=0` gives the independent pool of earlier
-versions, byte for byte.
+versions, byte for byte. It stays the default: on MART's synthetic recipe the coupled pool did
+not make pretraining beat random initialisation, nor beat the independent pool (results.md,
+session 14); the knob is there for that study.
 
 `render_clip` is the building block later generators (untrimmed clips with emotional segments)
 can reuse; `generate_ve8_style` writes a VE-8-style dataset, optionally with subtitles
@@ -55,7 +58,7 @@ UNLABELLED_DIR = "unlabelled"
 UNLABELLED_FACTOR = 5  # The default pool: 5x the labelled train split (issue #12).
 KEYFRAMES_FILE = "keyframes.json"  # The emotional segments of a `keyframes` world.
 KEYFRAME_LABEL = "keyframe"
-POOL_COUPLING = 1.0  # P(a pool clip's cue is its group's own); jaxaffect/data/video_emotion.py
+POOL_COUPLING = 0.0  # P(a pool clip's cue is its group's own); jaxaffect/data/video_emotion.py
 
 
 def class_index(group: int, cue: int) -> int:

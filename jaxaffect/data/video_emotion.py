@@ -37,7 +37,7 @@ def extraction_kwargs(ds) -> dict:
 
 
 # affect_world.POOL_COUPLING (not imported here: the generator needs the media stack).
-POOL_COUPLING = 1.0
+POOL_COUPLING = 0.0
 
 
 def _text_knobs(ds) -> dict:
