@@ -164,11 +164,11 @@ def test_family_generates_subtitles_only_when_asked():
   kw = ve_family.FAMILY.generator_kwargs(c)
   assert kw["with_subtitles"] and kw["num_unlabelled"] is None
   assert kw["pool_coupling"] == ve_family.POOL_COUPLING == aw.POOL_COUPLING
-  coupled = families.raw_dir(ve_family.FAMILY, c)
-  assert coupled.startswith(plain + "_")
-  c.synthetic.pool_coupling = 0.0  # another pool, another folder
-  assert ve_family.FAMILY.generator_kwargs(c)["pool_coupling"] == 0.0
-  assert families.raw_dir(ve_family.FAMILY, c) not in (plain, coupled)
+  with_text = families.raw_dir(ve_family.FAMILY, c)
+  assert with_text.startswith(plain + "_")
+  c.synthetic.pool_coupling = 1.0  # another pool, another folder
+  assert ve_family.FAMILY.generator_kwargs(c)["pool_coupling"] == 1.0
+  assert families.raw_dir(ve_family.FAMILY, c) not in (plain, with_text)
 
 
 # ----------------------------------------------------------------------------- text by hand
