@@ -213,8 +213,8 @@ def _conv_along(x, kernel, stride, pad, w):
   """A kernel wide along spatial dim w only, as a 1-d convolution with the other spatial dims
   moved into the batch ([B, T, V, C] -> [B * V, T, C]), forward and gradients native. On
   XLA:CPU the 1-d forms and their gradients beat the 2-d (9, 1) forward with its folded
-  gradients (BPM-GCN's temporal convolutions: 1,830 -> 1,620 ms per stream and step,
-  transposes included; the whole train step 4-5% faster, A/B in one process)."""
+  gradients (BPM-GCN's temporal convolutions, one core: 1,830 -> 1,620 ms per stream and
+  step, transposes included; the whole train step 4-5% faster, A/B in one process)."""
   nd = kernel.ndim - 2
   perm = (0, *[1 + i for i in range(nd) if i != w], 1 + w, nd + 1)
   xt = jnp.transpose(x, perm)
@@ -289,8 +289,8 @@ def materialized(x: Array) -> Array:
   shapes where reading the stored x takes about 10. XLA does not duplicate a division, so x
   is divided by a one it cannot fold: fmax(min(|a|, 0) + 1, 1) is exactly 1 for every a
   (NaN and inf included), and x / 1 is exactly x (subnormals flush to zero, as in every
-  XLA:CPU op). (lax.optimization_barrier does not help:
-  XLA:CPU removes it before fusion.) BPM-GCN's train step: about 6% faster."""
+  XLA:CPU op). lax.optimization_barrier does not help: XLA:CPU removes it before fusion.
+  BPM-GCN's train step: about 6% faster."""
   if jax.default_backend() != "cpu" or not x.size:
     return x
   a = lax.stop_gradient(x.reshape(-1)[0])
