@@ -138,7 +138,8 @@ def test_materialized_is_exact_and_stops_recomputation_in_transposes():
     return [c.split(" ")[0] for c in comps
             if re.search(r"= \S+ transpose\(", c) and re.search(r"= \S+ maximum\(", c)]
 
-  assert transposing_fusions_with_max(False), "XLA:CPU no longer recomputes it: drop the workaround?"
+  # If this fails, XLA:CPU stopped recomputing the chain: `materialized` may be unneeded.
+  assert transposing_fusions_with_max(False)
   assert not transposing_fusions_with_max(True)
 
 

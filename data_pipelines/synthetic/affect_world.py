@@ -16,9 +16,9 @@ audio-only model about 25%, a constant one 12.5%.
 
 The unlabelled pool (MART's pretraining corpus) can stand for unlabelled footage, where the
 sound follows the picture: with probability `pool_coupling` (default POOL_COUPLING = 0, off) a
-pool clip's
-audio cue is its visual group's own (cue = group % 2: red and cyan objects hum low, green and
-purple ones beep high), else its class is drawn uniformly as for a labelled clip. In a pool
+pool clip's audio cue is its visual group's own (cue = group % 2: red and cyan objects hum
+low, green and purple ones beep high), else its class is drawn uniformly as for a labelled
+clip. In a pool
 with independent factors video and audio share no information, so a cross-modal objective
 (MART's TACL CPC, the only stage-1 term that trains the audio stream) has nothing to learn
 (docs/results.md, sessions 13 and 14). The labelled train and test clips keep the two factors

@@ -8,9 +8,10 @@ Steps [0, pretrain.steps) are stage 1 (pretrain_model.MART.pretrain):
   L_rec: MSE to the normalised tubelet pixels over the masked patches (loss.rec_target=
   "pixels": the plain pixels in [-1, 1], MAE without norm_pix_loss); L_comp: TACL's CPC term
   times loss.cpc_sign (+1 as released, -1 as MMIM), negatives from the same video (as
-  released) or, loss.cpc_negatives="batch", from the whole batch (as MMIM); L_cls: PCCE of the audio head plus PCCE of
-  the video head (each on segment means); L_cls_c: the same over TACL's two heads. Examples
-  without a label (label -1: the unlabelled pool) count in L_rec and L_comp only.
+  released) or, loss.cpc_negatives="batch", from the whole batch (as MMIM); L_cls: PCCE of
+  the audio head plus PCCE of the video head (each on segment means); L_cls_c: the same over
+  TACL's two heads. Examples without a label (label -1: the unlabelled pool) count in L_rec
+  and L_comp only.
 Steps [pretrain.steps, total_steps) are stage 2: PCCE over the MBT's audio and video heads,
 with the EMA (config.ema, start_step = pretrain.steps) used by evaluation. The stage and the
 masking ratio are functions of the step, so a resumed run continues in the right stage and
