@@ -192,12 +192,12 @@ class GCNBlock(nn.Module):
     y = TemporalUnit(self.features, 9, self.stride, dtype=self.dtype, name="tcn1")(y, train)
     # The block output is stored once (`materialized`): the next block's 1x1 weight gradients
     # transpose it, and XLA:CPU would otherwise recompute this ReLU chain in each transpose.
-    if not self.residual:
-      return materialized(nn.relu(y))
-    if x.shape[-1] == self.features and self.stride == 1:
-      return materialized(nn.relu(y + x))
-    r = TemporalUnit(self.features, 1, self.stride, dtype=self.dtype, name="residual")(x, train)
-    return materialized(nn.relu(y + r))
+    if self.residual:
+      if x.shape[-1] != self.features or self.stride != 1:
+        x = TemporalUnit(self.features, 1, self.stride, dtype=self.dtype, name="residual")(
+            x, train)
+      y = y + x
+    return materialized(nn.relu(y))
 
 
 class AxisAttention(nn.Module):

@@ -178,16 +178,11 @@ def comp_loss(out: dict[str, Array], word_mask: Array, cpc_sign: float,
   over a batch: rows of other videos become negatives, so the streams must share what tells
   videos apart (within one video of the synthetic world, nothing class-level does)."""
   rows, length = word_mask.shape
-  if negatives == "batch":
-    flat = lambda key: out[key].reshape(rows * length, out[key].shape[-1])
-    valid = word_mask.reshape(rows * length)
-    return cpc_sign * (cpc_score(flat("v2l"), flat("v2l_hat"), valid)
-                       + cpc_score(flat("a2l"), flat("a2l_hat"), valid))
-  if negatives != "video":
+  if negatives not in ("video", "batch"):
     raise ValueError(f"negatives must be 'video' or 'batch', got {negatives!r}")
-  videos = rows // num_segments
-  per_video = lambda key: out[key].reshape(videos, num_segments * length, out[key].shape[-1])
-  valid = word_mask.reshape(videos, num_segments * length)
+  groups = 1 if negatives == "batch" else rows // num_segments  # one set of rows per group
+  grouped = lambda key: out[key].reshape(groups, -1, out[key].shape[-1])
+  valid = word_mask.reshape(groups, -1)
   score = jax.vmap(cpc_score)
-  return cpc_sign * jnp.mean(score(per_video("v2l"), per_video("v2l_hat"), valid)
-                             + score(per_video("a2l"), per_video("a2l_hat"), valid))
+  return cpc_sign * jnp.mean(score(grouped("v2l"), grouped("v2l_hat"), valid)
+                             + score(grouped("a2l"), grouped("a2l_hat"), valid))
