@@ -8,6 +8,7 @@ the logical-axis rules; the step donates the state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -38,8 +39,15 @@ class Setup:
   train_step: Callable         # (state, batch, rng) -> (state, metrics)
   eval_step: Callable          # (state, batch) -> per-example outputs, sharded like the batch
   trainable_mask: Any
-  predict_keys: tuple | None   # batch keys `predict` reads (None: unknown, send them all)
   evaluators: list             # jaxaffect.evaluators.Evaluator, from config.evals
+  # () -> the batch keys `predict` reads; traced on first use of `predict_keys` only (a
+  # forward trace costs seconds for a deep model; training alone never needs it).
+  find_predict_keys: Callable = dataclasses.field(repr=False, default=lambda: None)
+
+  @functools.cached_property
+  def predict_keys(self) -> tuple | None:
+    """Batch keys `predict` reads (None: unknown, send them all)."""
+    return self.find_predict_keys()
 
   def context(self):
     """Mesh + logical rules; every trace (init, step, eval) runs under it."""
@@ -124,8 +132,7 @@ def build(config, method, mesh) -> Setup:
   mask = optim.trainable_mask(abstract_params, config.get("frozen_params", ()) or ())
   ema = ema_settings(config)
 
-  def init_state(rng):
-    variables = init_variables(rng)
+  def state_of(variables):
     params = variables["params"]
     model_state = {c: variables[c] for c in method.state_collections if c in variables}
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
@@ -134,8 +141,13 @@ def build(config, method, mesh) -> Setup:
       state["ema_params"] = params
     return state
 
+  def init_state(rng):
+    return state_of(init_variables(rng))
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_state, jax.random.key(0))
+    # From the abstract variables above: tracing the model once more would only repeat them
+    # (seconds for a deep model, in every process that builds a step).
+    boxed = jax.eval_shape(state_of, abstract_vars)
     # The optimizer state mirrors the params; give it the params' logical boxes.
     boxed["opt_state"] = _box_like_params(boxed["opt_state"], boxed["params"])
     state_sharding = shd.state_shardings(boxed, mesh, rules)
@@ -257,13 +269,15 @@ def build(config, method, mesh) -> Setup:
   # (process_rows) instead of every device receiving the whole eval batch.
   eval_step_jit = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
                           out_shardings=batch_sharding)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    predict_keys = _keys_read(method.predict, abstract_state, example_specs)
+  def find_predict_keys():
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      return _keys_read(method.predict, abstract_state, example_specs)
+
   return Setup(method=method, mesh=mesh, rules=rules, tx=tx, schedule=schedule,
                abstract_state=abstract_state, state_sharding=state_sharding,
                batch_sharding=batch_sharding, init_fn=init_fn, train_step=train_step_jit,
-               eval_step=eval_step_jit, trainable_mask=mask, predict_keys=predict_keys,
-               evaluators=evaluators.from_config(config))
+               eval_step=eval_step_jit, trainable_mask=mask,
+               evaluators=evaluators.from_config(config), find_predict_keys=find_predict_keys)
 
 
 def _reports_loss_weight(method, abstract_vars, example_specs, mesh, rules) -> bool:
