@@ -59,8 +59,13 @@ def test_cadences_and_prefixes_in_metrics(tmp_path):
 def test_labels_stay_on_host_and_outputs_are_per_example():
   c = toy_method.toy_config(data=4, fsdp=1, tensor=2)
   m = methods.get_method(c)
+  traced, predict = [], m.predict
+  m.predict = lambda *a: traced.append(1) or predict(*a)
   s = steps.build(c, m, shd.make_mesh(c.mesh))
+  assert not traced  # building a step never traces predict (a training-only run skips it)
   assert s.predict_keys == ("x",)  # the toy's predict reads x only; label never travels
+  assert s.predict_keys == ("x",) and len(traced) == 1  # traced once, on first use
+  m.predict = predict
   with s.context():
     state = s.init_fn(jax.random.key(0))
     batch = next(iter(m.eval_batches(global_batch_size=16, process_index=0, process_count=1)))
