@@ -43,8 +43,9 @@ def get_config(arg=None):
   steps_per_epoch = 732 // 36  # VE-8 split 1: 732 training videos
   # Stage 1 for pretrain.steps steps on pretrain.data ("labelled": the train split, as
   # released; "unlabelled": the pool or pretrain.corpus_dir), stage 2 up to total_steps.
+  # reset_optimizer: a fresh Adam at the stage switch (False: one optimizer, as released).
   c.pretrain = dict(steps=100 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                    data="labelled", corpus_dir="")
+                    data="labelled", corpus_dir="", reset_optimizer=False)
   c.total_steps = 250 * steps_per_epoch
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-4

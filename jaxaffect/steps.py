@@ -131,6 +131,9 @@ def build(config, method, mesh) -> Setup:
   tx, schedule = optim.make_optimizer(config, abstract_params, weighted=weighted_updates)
   mask = optim.trainable_mask(abstract_params, config.get("frozen_params", ()) or ())
   ema = ema_settings(config)
+  # Steps at which the method restarts the optimizer (its state re-initialised before that
+  # step's update): a method attribute, () for most.
+  reset_steps = tuple(int(r) for r in getattr(method, "optimizer_reset_steps", ()) or ())
 
   def state_of(variables):
     params = variables["params"]
@@ -230,11 +233,15 @@ def build(config, method, mesh) -> Setup:
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def update(_):
+      opt_state = state["opt_state"]
+      if reset_steps:  # a fresh optimizer from these steps on (e.g. MART's stage 2)
+        at = functools.reduce(jnp.logical_or, [step == r for r in reset_steps])
+        opt_state = jax.lax.cond(at, lambda: tx.init(params), lambda: opt_state)
       if weighted_updates:  # this step counts by its weight among the multi_steps
         weight = metrics[LOSS_WEIGHT] if LOSS_WEIGHT in metrics else jnp.ones((), jnp.float32)
-        updates, opt_state = tx.update(grads, state["opt_state"], params, loss_weight=weight)
+        updates, opt_state = tx.update(grads, opt_state, params, loss_weight=weight)
       else:
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates, opt_state = tx.update(grads, opt_state, params)
       # Frozen parameters (their updates are zeros) pass through: no add over a frozen backbone.
       new_params = jax.tree.map(lambda p, u, m: optax.apply_updates(p, u) if m else p,
                                 params, updates, mask)

@@ -186,3 +186,16 @@ def test_distribution_target_kl_and_its_term():
     jax.eval_shape(lambda p, bb: m._stage1(p, bb, jax.random.key(0), jnp.zeros((), jnp.int32)),
                    v["params"], b)
   assert seen["logits"] == (2 * c.dataset.num_segments, 8)
+
+
+def test_reset_optimizer_restarts_adam_at_the_stage_switch_only_when_asked():
+  """pretrain.reset_optimizer names the first stage-2 step to the platform's optimizer reset
+  (tests/test_platform.py checks the reset itself); off (the release) and one-stage runs
+  have none."""
+  c = _config()
+  assert get_method(c).optimizer_reset_steps == ()
+  c.pretrain.reset_optimizer = True
+  assert get_method(c).optimizer_reset_steps == (int(c.pretrain.steps),) == (2,)
+  c.pretrain.steps = 0
+  c.ema.start_step = 0
+  assert get_method(c).optimizer_reset_steps == ()

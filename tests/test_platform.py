@@ -148,6 +148,43 @@ def test_optimizer_freezes_params_matching_patterns():
   assert not np.array_equal(before["Dense_1"]["kernel"], after["Dense_1"]["kernel"])
 
 
+def test_optimizer_reset_steps_start_a_fresh_optimizer():
+  """A method's `optimizer_reset_steps` (MART's pretrain.reset_optimizer) re-initialise the
+  optimizer state before that step's update: step 2 of a run with the reset equals one step
+  of a new optimizer from step 2's params; without the reset the moments carry on."""
+  c = toy_method.toy_config()
+  c.optimizer.name = "adam"
+
+  def run(reset, start=None, n=3):
+    m = toy_method.ToyMethod(c)
+    m.optimizer_reset_steps = reset
+    s = steps.build(c, m, shd.make_mesh(c.mesh, jax.devices()[:1]))
+    it = m.train_iterator(seed=0, global_batch_size=16, process_index=0, process_count=1)
+    batches = [next(it) for _ in range(3)]
+    with s.context():
+      state = s.init_fn(jax.random.key(0)) if start is None else jax.device_put(
+          start, s.state_sharding)
+      states = [jax.device_get(state)]
+      for i in range(n):
+        b = batches[i if start is None else 2]
+        state, _ = s.train_step(state, steps.make_global_batch(b, s.batch_sharding),
+                                jax.random.key(0))
+        states.append(jax.device_get(state))
+    return s, states
+
+  _, plain = run(())
+  s, reset = run((2,))
+  for a, b in zip(jax.tree.leaves(plain[2]), jax.tree.leaves(reset[2])):
+    np.testing.assert_array_equal(a, b)  # identical up to the reset step
+  # A fresh optimizer from step 2's params, stepped once on step 2's batch (same step index).
+  fresh = dict(reset[2], opt_state=jax.device_get(s.tx.init(reset[2]["params"])))
+  _, one = run((), start=fresh, n=1)
+  for a, b in zip(jax.tree.leaves(reset[3]), jax.tree.leaves(one[1])):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in
+                 zip(jax.tree.leaves(plain[3]["params"]), jax.tree.leaves(reset[3]["params"])))
+
+
 def test_init_from_loads_params_only(tmp_path):
   c = toy_method.toy_config()
   c.method = "toy"

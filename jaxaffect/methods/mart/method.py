@@ -79,6 +79,12 @@ class Method(base.Method):
       raise UserError(f"config.ema.start_step={ema.start_step} but pretrain.steps="
                       f"{self.stage1_steps}: MART's EMA starts with stage 2; set "
                       f"--config.ema.start_step={self.stage1_steps}")
+    # pretrain.reset_optimizer: stage 2 starts with a fresh Adam (as a separate fine-tuning
+    # run would); off = one optimizer across the stages, as released.
+    total = int(c.total_steps)
+    self.optimizer_reset_steps = (
+        (self.stage1_steps,) if c.pretrain.get("reset_optimizer", False)
+        and 0 < self.stage1_steps < total else ())
     self.distribution = bool(c.loss.get("distribution", False))
     if self.distribution and not ds.extraction.get("lexicon", ""):
       raise UserError("config.loss.distribution=True needs mood tags: set "
