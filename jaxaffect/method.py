@@ -100,6 +100,10 @@ class Method(abc.ABC):
   # each batch, never sent through the devices for that purpose (see jaxaffect/evaluators.py).
   eval_label_keys: tuple[str, ...] = ("label",)
 
+  # Steps before whose update the train step re-initialises the optimizer state (inside the
+  # jitted step, so a resumed run does the same; MART's pretrain.reset_optimizer).
+  optimizer_reset_steps: tuple[int, ...] = ()
+
 
 # ---- registry ----------------------------------------------------------------------------------
 

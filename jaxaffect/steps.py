@@ -42,7 +42,7 @@ class Setup:
   evaluators: list             # jaxaffect.evaluators.Evaluator, from config.evals
   # () -> the batch keys `predict` reads; traced on first use of `predict_keys` only (a
   # forward trace costs seconds for a deep model; training alone never needs it).
-  find_predict_keys: Callable = dataclasses.field(repr=False, default=lambda: None)
+  find_predict_keys: Callable = dataclasses.field(repr=False)
 
   @functools.cached_property
   def predict_keys(self) -> tuple | None:
@@ -131,9 +131,7 @@ def build(config, method, mesh) -> Setup:
   tx, schedule = optim.make_optimizer(config, abstract_params, weighted=weighted_updates)
   mask = optim.trainable_mask(abstract_params, config.get("frozen_params", ()) or ())
   ema = ema_settings(config)
-  # Steps at which the method restarts the optimizer (its state re-initialised before that
-  # step's update): a method attribute, () for most.
-  reset_steps = tuple(int(r) for r in getattr(method, "optimizer_reset_steps", ()) or ())
+  reset_steps = tuple(int(r) for r in method.optimizer_reset_steps)
 
   def state_of(variables):
     params = variables["params"]
@@ -235,8 +233,8 @@ def build(config, method, mesh) -> Setup:
     def update(_):
       opt_state = state["opt_state"]
       if reset_steps:  # a fresh optimizer from these steps on (e.g. MART's stage 2)
-        at = functools.reduce(jnp.logical_or, [step == r for r in reset_steps])
-        opt_state = jax.lax.cond(at, lambda: tx.init(params), lambda: opt_state)
+        opt_state = jax.lax.cond(jnp.any(step == jnp.asarray(reset_steps)),
+                                 lambda: tx.init(params), lambda: opt_state)
       if weighted_updates:  # this step counts by its weight among the multi_steps
         weight = metrics[LOSS_WEIGHT] if LOSS_WEIGHT in metrics else jnp.ones((), jnp.float32)
         updates, opt_state = tx.update(grads, opt_state, params, loss_weight=weight)
