@@ -85,3 +85,32 @@ def test_keyframe_evaluator_reads_the_ground_truth_through_the_index(setup):
   with pytest.raises(UserError, match=r"nope\.json does not exist"):
     cten_method.keyframe_evaluator({}, {"index": order}, method=m,
                                    ground_truth=os.path.join(raw, "nope.json"))
+
+
+def test_keyframe_evaluator_reads_a_segment_table_as_the_json(setup, tmp_path):
+  c, m = setup
+  raw = families.raw_dir(video_emotion.FAMILY, c.dataset)
+  gt = json.load(open(os.path.join(raw, cten_method.KEYFRAMES_FILE)))["database"]
+  rows = ["video,start,end,duration"] + [
+      f"{k},{a!r},{b!r},{v['duration']!r}" for k, v in gt.items()
+      for (a, b) in [x["segment"] for x in v["annotations"]]]
+  (tmp_path / "gt.csv").write_text("\n".join(rows) + "\n")
+  s = c.dataset.num_segments
+  kf = np.zeros((8, s), bool)
+  kf[:, 1:3] = True
+  kf[::3, 0] = True
+  outputs = {"keyframes": kf, "keyframe_score": kf.astype(np.float32)}
+  fields = {"index": np.arange(8), "label": np.zeros(8, np.int32)}
+  from_json = cten_method.keyframe_evaluator(outputs, fields, method=m, chance_draws=2)
+  from_table = cten_method.keyframe_evaluator(outputs, fields, method=m, chance_draws=2,
+                                              ground_truth=str(tmp_path / "gt.csv"))
+  assert from_table == from_json
+  (tmp_path / "bad.csv").write_text("video,start,end,duration\nJoy/x,1,9,4\n")
+  with pytest.raises(UserError, match=r"bad\.csv:2: .* ends after the video"):
+    cten_method.keyframe_evaluator(outputs, fields, method=m,
+                                   ground_truth=str(tmp_path / "bad.csv"))
+  # Ekman-6's config scores the table after the last step when given one.
+  e6 = config_lib.load(f"configs/cten_ekman6.py:keyframe_annotations={tmp_path}/gt.csv",
+                       lock=False)
+  assert e6.evals.keyframes.to_dict() == {"type": "cten_keyframes", "every_steps": 0,
+                                          "ground_truth": f"{tmp_path}/gt.csv"}

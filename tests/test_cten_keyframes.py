@@ -63,3 +63,71 @@ def test_keyframe_world_shows_the_cue_only_inside_its_segment():
   a_in = np.mean(audio[(ts >= start + 0.05) & (ts < end - 0.05)] ** 2)
   a_out = np.mean(audio[(ts < start - 0.05) | (ts >= end + 0.05)] ** 2)
   assert a_in > 1.5 * a_out
+
+
+def _write(path, text):
+  path.write_text(text)
+  return str(path)
+
+
+def test_segment_table_in_seconds_and_in_frames(tmp_path):
+  from jaxaffect.evaluation import segment_table
+  secs = _write(tmp_path / "gt.csv", "# keyframes by hand\n"
+                "Video,Start,End,Duration\n"
+                "Joy/a,1.0,2.5,4\n"
+                "Joy/a,3,4,4\n"
+                "\n"
+                "Fear/b,,,6\n"
+                "Fear/c,0,0.5,2\n")
+  got = segment_table.read(secs)["database"]
+  assert list(got) == ["Joy/a", "Fear/b", "Fear/c"]
+  assert got["Joy/a"] == {"subset": "test", "duration": 4.0, "annotations": [
+      {"segment": [1.0, 2.5], "label": "keyframe"}, {"segment": [3.0, 4.0], "label": "keyframe"}]}
+  assert got["Fear/b"]["annotations"] == [] and got["Fear/b"]["duration"] == 6.0
+  # Frames 10..19 at 10 fps are [1.0, 2.0) s; 40 frames are 4 s.
+  frames = _write(tmp_path / "gt.tsv", "end_frame\tvideo\tstart_frame\tfps\tnum_frames\tlabel\n"
+                  "19\tJoy/a\t10\t10\t40\tkey\n")
+  got = segment_table.read(frames)["database"]
+  assert got == {"Joy/a": {"subset": "test", "duration": 4.0,
+                           "annotations": [{"segment": [1.0, 2.0], "label": "key"}]}}
+
+
+def test_keyframes_score_the_same_against_a_table_and_the_json(tmp_path):
+  from jaxaffect.evaluation import segment_table
+  gt = {"database": {
+      "Joy/a": {"subset": "test", "duration": 4.0,
+                "annotations": [{"segment": [1.0, 2.0], "label": "keyframe"}]},
+      "Joy/b": {"subset": "test", "duration": 8.0,
+                "annotations": [{"segment": [0.0, 4.0], "label": "keyframe"}]}}}
+  table = segment_table.read(_write(tmp_path / "gt.csv", "video,start,end,duration\n"
+                                    "Joy/a,1,2,4\nJoy/b,0,4,8\n"))
+  assert table == gt
+  kf = np.array([[0, 1, 1, 1], [1, 0, 0, 1]], bool)  # tIoU 1/3 on Joy/a: missed from 0.4
+  a = keyframes.evaluate(gt, ["Joy/a", "Joy/b"], kf, kf.astype(float), chance_draws=2)
+  b = keyframes.evaluate(table, ["Joy/a", "Joy/b"], kf, kf.astype(float), chance_draws=2)
+  assert a == b and 0.0 < a["average_mAP"] < 1.0
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", r"gt\.csv holds no header row"),
+    ("start,end,duration\n", r"gt\.csv:1: the header .* has no 'video' column"),
+    ("video,start,duration\nJoy/a,1,4\n", r"gt\.csv:1: the header needs either start,end"),
+    ("video,start,end\nJoy/a,1,2\n", r"gt\.csv:1: the header needs a 'duration' column"),
+    ("video,start,end,duration\nJoy/a,1,two,4\n", r"gt\.csv:2: end = 'two' is not a number"),
+    ("video,start,end,duration\nJoy/a,1,2\n", r"gt\.csv:2: 3 cells, the header has 4"),
+    ("video,start,end,duration\nJoy/a,1,5,4\n", r"gt\.csv:2: .* ends after the video \(4 s\)"),
+    ("video,start,end,duration\nJoy/a,2,1,4\n", r"gt\.csv:2: the segment \[2, 1\] s"),
+    ("video,start,end,duration\nJoy/a,1,2,4\nJoy/a,2,3,5\n",
+     r"gt\.csv:3: 'Joy/a' has duration 5 s here and 4 s on line 2"),
+    ("video,start,end,duration\nJoy/a,,,4\n", r"gt\.csv holds no annotated segment"),
+    ("video,start,end,duration\n,1,2,4\n", r"gt\.csv:2: the video cell is empty"),
+    ("video,start,end,duration\nJoy/a,-1,2,4\n", r"gt\.csv:2: start = '-1' is not a finite"),
+    ("video,start_frame,end_frame,fps,duration\nJoy/a,1.5,3,10,4\n",
+     r"gt\.csv:2: frame indices '1.5', '3' are not integers"),
+    ("video,video,start,end,duration\n", r"gt\.csv:1: column 'video' appears twice"),
+])
+def test_segment_table_errors_name_the_line_and_the_cell(tmp_path, text, match):
+  from jaxaffect.evaluation import segment_table
+  path = _write(tmp_path / "gt.csv", text)
+  with pytest.raises(keyframes.localization.LocalizationInputError, match=match):
+    segment_table.read(path)

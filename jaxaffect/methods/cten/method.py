@@ -40,6 +40,7 @@ from jaxaffect.data import video_emotion
 from jaxaffect.errors import UserError
 from jaxaffect.evaluation import keyframes
 from jaxaffect.evaluation import localization
+from jaxaffect.evaluation import segment_table
 from jaxaffect.methods.cten import erasing
 from jaxaffect.methods.cten import model as cten_model
 
@@ -265,8 +266,9 @@ def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
                        chance_draws: int = 10) -> dict:
   """Weakly supervised keyframe detection (evaluation/keyframes.py): the original view's
   keyframes of each eval video against its annotated emotional segments, mAP at tIoU 0.1-0.5.
-  `ground_truth`: an ActivityNet-style JSON keyed by the builder's keys ("Class/name"); default
-  the synthetic world's keyframes.json (dataset.synthetic.keyframes=True)."""
+  `ground_truth`: an ActivityNet-style JSON keyed by the builder's keys ("Class/name"), or a
+  .csv/.tsv table of segments (evaluation/segment_table.py); default the synthetic world's
+  keyframes.json (dataset.synthetic.keyframes=True)."""
   config = method.config
   path = ground_truth or os.path.join(families.raw_dir(video_emotion.FAMILY, config.dataset),
                                       KEYFRAMES_FILE)
@@ -274,7 +276,8 @@ def keyframe_evaluator(outputs, fields, *, method, ground_truth: str = "",
     raise UserError(f"evals: cten_keyframes needs keyframe annotations; {path} does not exist "
                     f"(generate them with --config.dataset.synthetic.keyframes=True, or set "
                     f"the evaluator's ground_truth to an annotation file)")
-  gt = localization.load_json(path, "keyframe ground truth")
+  gt = (segment_table.read(path) if segment_table.is_table(path)
+        else localization.load_json(path, "keyframe ground truth"))
   keys = method.eval_keys(fields["index"])
   return keyframes.evaluate(gt, keys, np.asarray(outputs["keyframes"]),
                             np.asarray(outputs["keyframe_score"]), chance_draws=chance_draws)
