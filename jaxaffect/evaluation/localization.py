@@ -304,9 +304,9 @@ def evaluate_detection(ground_truth: Mapping, predictions: Mapping, *, subset: s
   return out
 
 
-def load_json(path: str, what: str) -> Any:
-  """The parsed file; LocalizationInputError naming it when it is missing, unreadable, not
-  UTF-8 text (JSON's encoding; a UTF-8 BOM is accepted) or not (complete) JSON."""
+def read_text(path: str, what: str, encoding_note: str = "") -> str:
+  """The file's text; LocalizationInputError naming it when it is missing, unreadable or not
+  UTF-8 (a UTF-8 BOM is accepted)."""
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -315,11 +315,17 @@ def load_json(path: str, what: str) -> Any:
   except OSError as e:
     raise LocalizationInputError(f"cannot read {what} file {path}: {e.strerror or e}") from None
   try:
-    text = data.decode("utf-8-sig")
+    return data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     raise LocalizationInputError(
         f"{what} file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-        f"{e.start}); JSON files must be UTF-8") from None
+        f"{e.start}){encoding_note}") from None
+
+
+def load_json(path: str, what: str) -> Any:
+  """The parsed file; LocalizationInputError naming it when it is missing, unreadable, not
+  UTF-8 text (JSON's encoding; a UTF-8 BOM is accepted) or not (complete) JSON."""
+  text = read_text(path, what, "; JSON files must be UTF-8")
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:

@@ -27,6 +27,7 @@ import math
 import os
 from typing import Any
 
+from jaxaffect.evaluation import localization
 from jaxaffect.evaluation.localization import LocalizationInputError
 
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -37,26 +38,11 @@ def is_table(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in TABLE_SUFFIXES
 
 
-def _text(path: str, what: str) -> str:
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise LocalizationInputError(f"{what} file not found: {path}") from None
-  except OSError as e:
-    raise LocalizationInputError(f"cannot read {what} file {path}: {e.strerror or e}") from None
-  try:
-    return data.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    raise LocalizationInputError(f"{what} file {path} is not UTF-8 text (byte "
-                                 f"0x{data[e.start]:02x} at offset {e.start})") from None
-
-
 def read(path: str, *, subset: str = "test", what: str = "keyframe ground truth"
          ) -> dict[str, Any]:
   """The table at `path` -> {"database": {video: {subset, duration, annotations: [{segment,
   label}]}}}; LocalizationInputError naming the file, line and column on any bad cell."""
-  text = _text(path, what)
+  text = localization.read_text(path, what)
   lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
            if line.strip() and not line.lstrip().startswith("#")]
   if not lines:
