@@ -3,7 +3,9 @@
   python -m jaxaffect.main --config configs/mart_ve8.py --workdir ...           # split 1
   ...:released    the released code's settings with its defects reproduced where they run
                   (the MART-only modules frozen: decoder, mask token, TACL, BERT)
-  ...:synthetic   the recipe at toy width on the generated synthetic VE-8 set with subtitles
+  ...:synthetic   the model at toy width on the generated synthetic VE-8 set with subtitles: 600
+                  steps of stage 1 on the unlabelled pool, 400 of fine-tuning (its own recipe,
+                  below)
   ...:smoke       a tiny variant that trains both stages in seconds (tests)
 
 Settings of the release (research brief: MART section 1.11): VideoMAE ViT-B/16 at 112 px and
@@ -118,6 +120,7 @@ def get_config(arg=None):
     m.legacy_unmasked_pooling = True
   if a.synthetic:
     _synthetic(c)
+    _synthetic_recipe(c)
   if a.smoke:
     _synthetic(c)
     _smoke(c)
@@ -145,14 +148,30 @@ def _synthetic(c):
   d.synthetic.update(num_train_per_class=40, num_test_per_class=20)  # + a pool of 1,600
   c.batch_size, c.grad_accum_steps, c.eval_batch_size = 16, 1, 16
   steps_per_epoch = 320 // 16
-  # Stage 1 on the unlabelled pool (5x the train split), then fine-tuning on the train split.
-  c.pretrain.update(steps=5 * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                    data="unlabelled")
-  c.total_steps = 10 * steps_per_epoch
-  c.ema.update(ramp_steps=50.0, start_step=c.pretrain.steps)
+  # Stage 1 on the unlabelled pool (5x the train split), then fine-tuning on the train split
+  # (the lengths: _synthetic_recipe and _smoke).
+  c.pretrain.update(steps_per_epoch=steps_per_epoch, data="unlabelled")
+  c.ema.ramp_steps = 50.0
   c.optimizer.learning_rate = 5e-4
   c.checkpoint.every_steps = steps_per_epoch
-  c.eval_every_steps = 2 * steps_per_epoch
+
+
+def _synthetic_recipe(c):
+  """Lengths and objective for the toy world (docs/results.md, MART, sessions 13-16): 100
+  fine-tuning steps stop while the loss still falls steeply, so stage 2 runs 400 (its plateau)
+  after 600 of stage 1; plain-pixel targets at weight 1 (the clips are flat colours, whose
+  per-tubelet normalised pixels are codec noise), MMIM's CPC sign, the ratio ramp over 10
+  epochs, no L2, and a fresh Adam at the switch (what a separate fine-tuning run has).
+  `--config.pretrain.steps=0 --config.total_steps=400 --config.ema.start_step=0` is the
+  random-init arm with everything else equal."""
+  steps_per_epoch = c.pretrain.steps_per_epoch
+  c.pretrain.update(steps=30 * steps_per_epoch, reset_optimizer=True)
+  c.total_steps = 50 * steps_per_epoch
+  c.ema.start_step = c.pretrain.steps
+  c.eval_every_steps = 10 * steps_per_epoch
+  c.optimizer.weight_decay = 0.0
+  c.loss.update(cpc_sign=-1.0, rec_target="pixels", rec_weight=1.0)
+  c.mask.schedule_epochs = 10
 
 
 def _smoke(c):
