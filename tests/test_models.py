@@ -61,7 +61,9 @@ def test_conv3d_impls_match_native_values_and_grads(case):
 # (input shape, kernel size, out channels, strides, padding) for nn.layers.conv
 CONV_MATMUL_CASES = [
     ((2, 11, 5, 4), (9, 1), 6, (1, 1), (4, 0)),   # BPM-GCN tcn: (9, 1) over [B, T, V, C]
-    ((2, 12, 5, 4), (9, 1), 6, (2, 1), (4, 0)),   # strided block
+    ((2, 12, 5, 4), (9, 1), 6, (2, 1), (4, 0)),   # strided block (polyphase)
+    ((2, 13, 5, 4), (9, 1), 6, (2, 1), (4, 0)),   # odd T: the phase stack pads one frame
+    ((2, 10, 3, 4), (4, 1), 5, (3, 1), (1, 0)),   # stride 3, an even kernel: zero taps
     ((2, 7, 3, 4), (1, 1), 5, (2, 1), (0, 0)),    # strided 1x1 residual
     ((3, 10, 4), (3,), 2, (1,), (1,)),            # TSL: Conv1d k3 over [B, T, C]
     ((2, 14, 12, 1), (7, 7), 3, (3, 2), (3, 3)),  # TSL audio stem
@@ -70,6 +72,23 @@ CONV_MATMUL_CASES = [
     # Folded kernel gradient with two wide dims and a strided size-1 dim.
     ((2, 6, 5, 7, 3), (3, 1, 2), 4, (1, 2, 2), (1, 0, 1)),
 ]
+
+
+@pytest.mark.parametrize("t,k,s,p", [(48, 9, 2, 4), (13, 9, 2, 4), (9, 9, 3, 4), (16, 4, 2, 1),
+                                     (17, 5, 2, 2), (10, 1, 2, 1), (7, 3, 2, 0)])
+def test_polyphase_conv_is_the_strided_conv(t, k, s, p):
+  """The strided 1-d convolution as an unstrided one over stacked phases: values and both
+  gradients equal the native strided convolution's (a padding wider than the kernel, (10, 1,
+  2, 1), falls back to it)."""
+  kx, kk, kc = jax.random.split(jax.random.PRNGKey(2), 3)
+  x = jax.random.normal(kx, (3, t, 5))
+  w = jax.random.normal(kk, (k, 5, 4)) * 0.3
+  ref_y, ref_vjp = jax.vjp(lambda x, w: layers._conv_native_1d(x, w, s, p), x, w)
+  y, vjp = jax.vjp(lambda x, w: layers._conv_polyphase(x, w, s, p), x, w)
+  assert y.shape == ref_y.shape == (3, (t + 2 * p - k) // s + 1, 4)
+  cot = jax.random.normal(kc, y.shape)
+  for got, ref in zip((y, *vjp(cot)), (ref_y, *ref_vjp(cot))):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("case", CONV_MATMUL_CASES)
