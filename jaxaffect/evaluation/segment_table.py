@@ -71,6 +71,7 @@ def read(path: str, *, subset: str = "test", what: str = "keyframe ground truth"
                                  f"or num_frames with fps; it has {rows[0]!r}")
   col = {h: i for i, h in enumerate(header)}
   database: dict[str, dict] = {}
+  first_line: dict[str, int] = {}  # a video's first row, named when a later one disagrees
   for (n, _), row in zip(lines[1:], rows[1:]):
     at = f"{path}:{n}"
     if len(row) != len(header):
@@ -87,33 +88,32 @@ def read(path: str, *, subset: str = "test", what: str = "keyframe ground truth"
         raise LocalizationInputError(f"{at}: {name} = {v!r} is not a finite number >= 0")
       return x
 
-    video = cell["video"]
-    if not video:
-      raise LocalizationInputError(f"{at}: the video cell is empty")
-    if "duration" in cell:
-      duration = number("duration")
-    else:
+    def rate() -> float:
       fps = number("fps")
       if fps == 0:
         raise LocalizationInputError(f"{at}: fps = {cell['fps']!r} must be > 0")
-      duration = number("num_frames") / fps
+      return fps
+
+    video = cell["video"]
+    if not video:
+      raise LocalizationInputError(f"{at}: the video cell is empty")
+    duration = number("duration") if "duration" in cell else number("num_frames") / rate()
     if duration <= 0:
       raise LocalizationInputError(f"{at}: the duration of {video!r} is 0 s")
     entry = database.setdefault(video, {"subset": subset, "duration": duration,
-                                        "annotations": [], "_line": n})
+                                        "annotations": []})
+    first_line.setdefault(video, n)
     if not math.isclose(entry["duration"], duration, rel_tol=1e-9, abs_tol=1e-9):
       raise LocalizationInputError(
           f"{at}: {video!r} has duration {duration:g} s here and {entry['duration']:g} s on "
-          f"line {entry['_line']}")
+          f"line {first_line[video]}")
     ends = ("start", "end") if seconds else ("start_frame", "end_frame")
     if not cell[ends[0]] and not cell[ends[1]]:
       continue  # the video without a segment
     if seconds:
       s, e = number("start"), number("end")
     else:
-      fps = number("fps")
-      if fps == 0:
-        raise LocalizationInputError(f"{at}: fps = {cell['fps']!r} must be > 0")
+      fps = rate()
       sf, ef = number("start_frame"), number("end_frame")
       if sf != int(sf) or ef != int(ef):
         raise LocalizationInputError(f"{at}: frame indices {cell['start_frame']!r}, "
@@ -127,8 +127,6 @@ def read(path: str, *, subset: str = "test", what: str = "keyframe ground truth"
                                    f"after the video ({duration:g} s)")
     label = cell.get("label") or DEFAULT_LABEL
     entry["annotations"].append({"segment": [s, min(e, duration)], "label": label})
-  for entry in database.values():
-    del entry["_line"]
   if not any(entry["annotations"] for entry in database.values()):
     raise LocalizationInputError(f"{what} file {path} holds no annotated segment")
   return {"database": database}

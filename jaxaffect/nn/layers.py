@@ -239,7 +239,7 @@ def _conv_polyphase(x, kernel, stride, pad):
   phase stack is a free reshape. The forward does (taps * s) / k more multiply-adds (10 / 9
   for BPM-GCN's k = 9, s = 2); XLA:CPU's gradients of a strided convolution run 2x slower
   than the unstrided ones of the same output (BPM-GCN's stride-2 blocks, fwd + bwd: 143 ->
-  about 70 ms and 232 -> about 165 ms per stream and step)."""
+  99 ms and 232 -> 178 ms per stream and step)."""
   n, t, c = x.shape
   k, _, d = kernel.shape
   t_out = (t + 2 * pad - k) // stride + 1
