@@ -73,7 +73,11 @@ def _count(jaxpr) -> int:
 
 
 def count_flops(fn: Callable, *args: Any, **kwargs: Any) -> int:
-  """Matmul + convolution FLOPs of one call of `fn` (arguments may be ShapeDtypeStructs)."""
+  """Matmul + convolution FLOPs of one call of `fn` (arguments may be ShapeDtypeStructs). A
+  jitted `fn` is traced as a top-level program: the step programs carry compiler options
+  (xla_options.for_step), which jax refuses on a jit nested inside make_jaxpr's trace."""
+  if hasattr(fn, "trace") and not kwargs:
+    return _count(fn.trace(*args).jaxpr.jaxpr)
   return _count(jax.make_jaxpr(fn, **kwargs)(*args).jaxpr)
 
 

@@ -78,6 +78,7 @@ def predict_example(s, state, example: dict) -> dict:
 
   from jaxaffect import sharding as shd
   from jaxaffect import steps as steps_lib
+  from jaxaffect import xla_options
   n = shd.batch_divisor(s.mesh)
   local = {k: np.repeat(np.asarray(v)[None], n, axis=0) for k, v in example.items()}
   with s.context():
@@ -85,7 +86,9 @@ def predict_example(s, state, example: dict) -> dict:
     params = jax.device_put(state["params"], repl)
     model_state = jax.device_put(state["model_state"], repl)
     batch = steps_lib.make_global_batch(local, s.batch_sharding)
-    out = jax.jit(s.method.predict, out_shardings=repl)(params, model_state, batch)
+    out = jax.jit(s.method.predict, out_shardings=repl,
+                  compiler_options=xla_options.for_step(s.mesh.devices.flat[0].platform))(
+                      params, model_state, batch)
   return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
 
 

@@ -268,12 +268,14 @@ def build(config, method, mesh) -> Setup:
     params = state["ema_params"] if ema is not None else state["params"]
     return dict(method.predict(gather(params), state["model_state"], batch))
 
+  step_options = xla_options.for_step(mesh.devices.flat[0].platform)
   train_step_jit = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, repl),
-                           out_shardings=(state_sharding, repl), donate_argnums=(0,))
+                           out_shardings=(state_sharding, repl), donate_argnums=(0,),
+                           compiler_options=step_options)
   # Outputs stay sharded like the batch: each process fetches its own examples' rows
   # (process_rows) instead of every device receiving the whole eval batch.
   eval_step_jit = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
-                          out_shardings=batch_sharding)
+                          out_shardings=batch_sharding, compiler_options=step_options)
   def find_predict_keys():
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       return _keys_read(method.predict, abstract_state, example_specs)

@@ -23,6 +23,9 @@ def test_flops_see_through_jit_scan_and_grad():
       return c @ w, None
     return jax.lax.scan(body, jnp.ones((1, 6)), None, length=5)[0].sum()
   assert flops.count_flops(jax.jit(f), w) == 5 * 2 * 6 * 6
+  # A jit with compiler options (the step programs') cannot be nested in a trace: counted too.
+  opts = {"xla_backend_optimization_level": 1}
+  assert flops.count_flops(jax.jit(f, compiler_options=opts), w) == 5 * 2 * 6 * 6
   # Backward of a matmul chain: each forward matmul has two transposed matmuls (one here is
   # needed only for the carry), so the count is more than the forward alone.
   assert flops.count_flops(jax.grad(f), w) > 2 * flops.count_flops(f, w)

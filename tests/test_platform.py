@@ -1,6 +1,7 @@
 """Platform tests on the toy method: sharding equivalence, checkpoint round trip, resume, guards."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -62,6 +63,67 @@ def test_init_program_is_compiled_at_o1_on_cpu_with_the_default_values():
   assert len(leaves) == len(jax.tree.leaves(default)) > 4
   for a, b in zip(leaves, jax.tree.leaves(default)):
     np.testing.assert_array_equal(a, b)
+
+
+def _ynn_fused_ops(hlo: str) -> set[str]:
+  """The ops ("dot", "convolution", ...) inside the YNNPACK fusions of a compiled program."""
+  bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+  ops = set()
+  for callee in re.findall(r"calls=%?([\w.\-]+).*__ynn_fusion", hlo):
+    ops.update(re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(callee, "")))
+  return ops
+
+
+def test_cpu_step_programs_keep_convolutions_out_of_ynnpack(monkeypatch):
+  """xla_options.for_step: on CPU the convolutions run as XLA's own (YNNPACK's were 2-2.6x
+  slower), dots stay in YNNPACK, and the values are the default program's to rounding."""
+  opts = xla_options.for_step("cpu")
+  assert opts == {"xla_cpu_experimental_ynn_fusion_type": xla_options.CPU_LIBRARY_FUSIONS}
+  assert xla_options.for_step("gpu") is None
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((8, 28, 28, 64)).astype(np.float32)  # a size YNNPACK would take
+  k = rng.standard_normal((3, 3, 64, 64)).astype(np.float32) * 0.1
+  w = rng.standard_normal((64, 4)).astype(np.float32)
+
+  def f(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), [(1, 1)] * 2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(y) @ w  # no reduction: YNNPACK's reduce fusions absorb producers
+
+  ours = jax.jit(f, compiler_options=opts).lower(x, k, w).compile()
+  ynn = jax.jit(f, compiler_options={"xla_cpu_experimental_ynn_fusion_type": (
+      "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")}).lower(x, k, w).compile()
+  assert "convolution" in _ynn_fused_ops(ynn.as_text())
+  assert "convolution" not in _ynn_fused_ops(ours.as_text())
+  assert "dot" in _ynn_fused_ops(ours.as_text())
+  np.testing.assert_allclose(ours(x, k, w), ynn(x, k, w), rtol=1e-5, atol=1e-4)
+  # A user's own XLA_FLAGS choice of YNNPACK fusions wins.
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") +
+                     " --xla_cpu_experimental_ynn_fusion_type=-individual_convolution")
+  assert xla_options.for_step("cpu") is None
+
+
+def test_train_and_eval_steps_are_compiled_with_the_step_options(monkeypatch):
+  """steps.build passes xla_options.for_step to both jitted steps: options that take the dots
+  out of YNNPACK show in the toy's compiled programs."""
+  c = toy_method.toy_config(data=1, fsdp=1, tensor=1)
+  m = toy_method.ToyMethod(c)
+  ops = {}
+  for name, opts in (("house", None), ("no_dots", {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})):
+    if opts is not None:
+      monkeypatch.setattr(xla_options, "for_step", lambda platform, o=opts: o)
+    s = steps.build(c, m, shd.make_mesh(c.mesh, jax.devices()[:1]))
+    batch = next(m.train_iterator(seed=0, global_batch_size=4, process_index=0,
+                                  process_count=1))
+    with s.context():
+      b = steps.make_global_batch(batch, s.batch_sharding)
+      state = s.init_fn(jax.random.key(0))
+      ops[name] = (_ynn_fused_ops(s.train_step.lower(state, b, jax.random.key(0))
+                                  .compile().as_text()),
+                   _ynn_fused_ops(s.eval_step.lower(state, b).compile().as_text()))
+  assert all("dot" in o for o in ops["house"])
+  assert all("dot" not in o for o in ops["no_dots"])
 
 
 def test_grad_accumulation_matches_full_batch():

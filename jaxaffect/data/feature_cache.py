@@ -125,7 +125,7 @@ def build_cache(config, out_dir: str, spec: CacheSpec, *, views: int = 4,
   m, ds = config.model, config.dataset
   net, variables = backbone(config)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=xla_options.for_step(jax.default_backend()))
   def features(video):  # [b, S, T, H, W, 3] uint8 -> [b, S, T', H', W', C] or [b, S, C]
     b, s = video.shape[:2]
     x = normalize_video(video, m.normalization).reshape((b * s,) + video.shape[2:])

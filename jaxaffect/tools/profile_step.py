@@ -49,6 +49,15 @@ def _instructions(hlo: str) -> dict[str, tuple[str, str]]:
   return out
 
 
+def _eigen_convolutions(hlo: str) -> int:
+  """Convolutions XLA:CPU runs itself (Eigen), not in a YNNPACK fusion. Their thunks hand the
+  work to Eigen's pool and return: the trace shows a launch of a few ms, not the work."""
+  bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+  in_ynn = sum(bodies.get(c, "").count(" convolution(")
+               for c in re.findall(r"calls=%?([\w.\-]+).*__ynn_fusion", hlo))
+  return hlo.count(" convolution(") - in_ynn
+
+
 def _source(op_name: str) -> str:
   """'jit(train_step)/.../l5_p/tcn1/conv/...c,cd->...d/dot_general' -> 'tcn1/conv ... dot_general'
   with the layer index dropped, so the same op of every block adds up."""
@@ -91,7 +100,8 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
   if not files:
     raise UserError(f"jax.profiler wrote no trace under {trace_dir}")
   data = ProfileData.from_file(max(files, key=os.path.getmtime))
-  instr = _instructions(compiled.as_text())
+  hlo = compiled.as_text()
+  instr = _instructions(hlo)
   # On an accelerator the kernels run on "/device:..." planes (the host planes only hold their
   # launches); a kernel event is named after the CUDA kernel (cuBLAS/cuDNN names, fusions) and
   # carries its HLO instruction in the "hlo_op" stat. On the CPU the thunks are host events.
@@ -118,7 +128,8 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
           "op_time_s": total / 1e9, "by_kind": by_kind, "by_source": by_source,
           "by_kernel": by_kernel, "unmatched": unmatched,
           "unmatched_s": sum(unmatched.values()) / 1e9, "on_device": on_device,
-          "planes": [p.name for p in planes]}
+          "planes": [p.name for p in planes],
+          "eigen_convolutions": 0 if on_device else _eigen_convolutions(hlo)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
   total = res["op_time_s"] or 1e-12
   print(f"compile {res['compile_s']:.1f} s; profiled step {res['profiled_step_s']:.3f} s; "
         f"op time summed over threads {res['op_time_s']:.3f} s; trace {res['trace_dir']}")
+  if res["eigen_convolutions"]:
+    print(f"note: {res['eigen_convolutions']} convolutions run on XLA:CPU's Eigen path, whose "
+          "trace events time only their launch: the step's time not listed below is mostly "
+          "theirs")
   print("by op kind:")
   for k, v in res["by_kind"].most_common():
     print(f"  {v / 1e9:8.3f} s {100 * v / 1e9 / total:5.1f}%  {k}")
