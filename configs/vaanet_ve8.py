@@ -75,7 +75,7 @@ def get_config(arg=None):
   m.audio_width = 64
   m.visual_dim = 512
   m.audio_dim = 256
-  m.conv_impl = "auto"            # taps (2D-conv decomposition) on CPU, native 3D conv elsewhere
+  m.conv_impl = "auto"            # CPU: 2D convs per time tap (the stem: taps as channels); else 3D
   # "features": train from cached backbone outputs (jaxaffect/methods/vaanet/feature_cache.py);
   # requires backbone_bn="running" semantics, see the README.
   m.visual_input = "frames"

@@ -174,7 +174,12 @@ def test_conv_module_keeps_nn_conv_variables():
 
 
 def test_conv3d_module_layout_and_auto_impl():
-  assert resolve_conv_impl("auto") == ("taps" if jax.default_backend() == "cpu" else "native")
+  cpu = jax.default_backend() == "cpu"
+  assert resolve_conv_impl("auto") == ("taps" if cpu else "native")
+  # On CPU a stem over RGB stacks its time taps as channels (kt x in = 21); wider ones do not.
+  assert resolve_conv_impl("auto", (7, 7, 7, 3, 64)) == ("taps_fold" if cpu else "native")
+  assert resolve_conv_impl("auto", (3, 3, 3, 64, 64)) == ("taps" if cpu else "native")
+  assert resolve_conv_impl("taps", (7, 7, 7, 3, 64)) == "taps"
   with pytest.raises(ValueError, match="conv impl"):
     resolve_conv_impl("winograd")
   m = Conv3D(8, (3, 3, 3), strides=(1, 2, 2), padding=1)
