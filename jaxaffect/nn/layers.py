@@ -240,6 +240,25 @@ def _conv_along(x, kernel, stride, pad, w):
   return jnp.transpose(y, tuple(perm.index(i) for i in range(nd + 2)))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_native_fwd_along_bwd(x, kernel, strides, padding, w):
+  """The native forward (no transposes; BPM-GCN's (9, 1) convolutions, forward alone over
+  both streams: 0.69 -> 0.61 s) with the gradients of `_conv_along` (its 1-d forms)."""
+  return _conv_native(x, kernel, strides, padding)
+
+
+def _native_along_fwd(x, kernel, strides, padding, w):
+  return _conv_native(x, kernel, strides, padding), (x, kernel)
+
+
+def _native_along_bwd(strides, padding, w, res, g):
+  x, kernel = res  # the along forward inside the vjp is dead code: XLA drops it
+  return jax.vjp(lambda x_, k_: _conv_along(x_, k_, strides[w], padding[w], w), x, kernel)[1](g)
+
+
+_conv_native_fwd_along_bwd.defvjp(_native_along_fwd, _native_along_bwd)
+
+
 def _conv_native_1d(x, kernel, stride, pad):
   return _conv_native(x, kernel, (stride,), (pad,))
 
@@ -321,7 +340,7 @@ def conv(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[int]
       x = materialized(x)  # transposed below or in the folded kernel gradient
       w = _one_wide_dim(kernel.shape, strides)
       if w is not None:
-        return _conv_along(x, kernel, strides[w], padding[w], w)
+        return _conv_native_fwd_along_bwd(x, kernel, strides, padding, w)
     return _conv_hybrid(x, kernel, strides, padding)
   return _conv_unfold(x, kernel, strides, padding)
 
