@@ -158,9 +158,10 @@ def build(config, method, mesh) -> Setup:
   batch_sharding = shd.batch_sharding(mesh)
   repl = shd.replicated(mesh)
 
+  platform = mesh.devices.flat[0].platform
   init_fn = jax.jit(lambda rng: shd.unbox_abstract(init_state(rng)),
                     out_shardings=state_sharding,
-                    compiler_options=xla_options.for_init(mesh.devices.flat[0].platform))
+                    compiler_options=xla_options.for_init(platform))
 
   compute_sharding = shd.gathered(state_sharding["params"])
   # FSDP weights are gathered explicitly before use (the XLA:CPU exactness workaround, and the
@@ -268,7 +269,7 @@ def build(config, method, mesh) -> Setup:
     params = state["ema_params"] if ema is not None else state["params"]
     return dict(method.predict(gather(params), state["model_state"], batch))
 
-  step_options = xla_options.for_step(mesh.devices.flat[0].platform)
+  step_options = xla_options.for_step(platform)
   train_step_jit = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, repl),
                            out_shardings=(state_sharding, repl), donate_argnums=(0,),
                            compiler_options=step_options)

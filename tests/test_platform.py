@@ -1,7 +1,6 @@
 """Platform tests on the toy method: sharding equivalence, checkpoint round trip, resume, guards."""
 import json
 import os
-import re
 
 import jax
 import numpy as np
@@ -14,6 +13,7 @@ from jaxaffect import sharding as shd
 from jaxaffect import steps
 from jaxaffect import trainer
 from jaxaffect import xla_options
+from jaxaffect.tools.profile_step import ynn_fused_ops as _ynn_fused_ops
 
 methods.register("toy", toy_method.ToyMethod)
 
@@ -63,15 +63,6 @@ def test_init_program_is_compiled_at_o1_on_cpu_with_the_default_values():
   assert len(leaves) == len(jax.tree.leaves(default)) > 4
   for a, b in zip(leaves, jax.tree.leaves(default)):
     np.testing.assert_array_equal(a, b)
-
-
-def _ynn_fused_ops(hlo: str) -> set[str]:
-  """The ops ("dot", "convolution", ...) inside the YNNPACK fusions of a compiled program."""
-  bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
-  ops = set()
-  for callee in re.findall(r"calls=%?([\w.\-]+).*__ynn_fusion", hlo):
-    ops.update(re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(callee, "")))
-  return ops
 
 
 def test_cpu_step_programs_keep_convolutions_out_of_ynnpack(monkeypatch):

@@ -49,13 +49,20 @@ def _instructions(hlo: str) -> dict[str, tuple[str, str]]:
   return out
 
 
+def ynn_fused_ops(hlo: str) -> collections.Counter:
+  """How many of each op ("dot", "convolution", "reduce") sit inside the YNNPACK fusions of a
+  compiled program's HLO text."""
+  bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+  ops = collections.Counter()
+  for callee in re.findall(r"calls=%?([\w.\-]+).*__ynn_fusion", hlo):
+    ops.update(re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(callee, "")))
+  return ops
+
+
 def _eigen_convolutions(hlo: str) -> int:
   """Convolutions XLA:CPU runs itself (Eigen), not in a YNNPACK fusion. Their thunks hand the
   work to Eigen's pool and return: the trace shows a launch of a few ms, not the work."""
-  bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
-  in_ynn = sum(bodies.get(c, "").count(" convolution(")
-               for c in re.findall(r"calls=%?([\w.\-]+).*__ynn_fusion", hlo))
-  return hlo.count(" convolution(") - in_ynn
+  return hlo.count(" convolution(") - ynn_fused_ops(hlo)["convolution"]
 
 
 def _source(op_name: str) -> str:
