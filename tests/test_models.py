@@ -386,3 +386,26 @@ def test_transformer_block_logical_axes():
   np.testing.assert_allclose(y[1, :3], y2[1, :3], rtol=1e-5, atol=1e-5)
   assert count_params(v) == sum(math.prod(a.shape) for a in
                                 jax.tree_util.tree_leaves(nn.unbox(v)["params"]))
+
+
+@pytest.mark.parametrize("shape,window", [((3, 8, 12, 5), (4, 4)), ((2, 9, 7, 3), (2, 2)),
+                                          ((2, 8, 6, 4), (2, 3))])
+def test_max_pool_tiles_equals_torch_max_pool_ties_included(shape, window):
+  """nn.pooling.max_pool_tiles: PyTorch's MaxPool2d(k, k) in values and gradient, the gradient
+  of tied maxima (ReLU zeros, halves) going to the first in row-major order, as PyTorch's;
+  rows past the last whole window (9 and 7 here) get none."""
+  torch = pytest.importorskip("torch")
+  from jaxaffect.nn.pooling import max_pool_tiles
+  rng = np.random.default_rng(0)
+  x = np.round(np.maximum(rng.standard_normal(shape), 0) * 2).astype(np.float32) / 2
+  out = [shape[0], *(s // k for s, k in zip(shape[1:3], window)), shape[3]]
+  g = rng.standard_normal(out).astype(np.float32)
+  y, vjp = jax.vjp(lambda a: max_pool_tiles(a, window), jnp.asarray(x))
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+  yt = torch.nn.functional.max_pool2d(xt, window, window)
+  yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
+  np.testing.assert_array_equal(y, yt.detach().permute(0, 2, 3, 1).numpy())
+  np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], xt.grad.permute(0, 2, 3, 1).numpy())
+  assert (x == 0).mean() > 0.3  # ties are common, as after ReLU
+  with pytest.raises(ValueError, match="window"):
+    max_pool_tiles(jnp.asarray(x), (4,))

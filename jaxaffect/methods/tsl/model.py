@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxaffect.nn.layers import (BatchNorm, Conv, torch_default_bias_init,
                                  torch_default_kernel_init)
+from jaxaffect.nn.pooling import max_pool_tiles
 
 Array = jax.Array
 MODALITIES = ("both", "visual", "audio")
@@ -112,11 +113,11 @@ class AudioCNN(nn.Module):
     m = None if mask is None else mask.reshape(-1, 1, 1)
     x = nn.relu(conv(c1, (7, 7), 49, 0, strides=(3, 2), padding=(3, 3))(x))
     x = bn(2)(x, use_running_average=not train, mask=m)
-    x = nn.max_pool(x, (4, 4), (4, 4))
+    x = max_pool_tiles(x, (4, 4))
     x = nn.relu(conv(c2, (3, 3), c1 * 9, 4, padding=(1, 1))(x))
     x = nn.relu(conv(c2, (1, 1), c2, 6)(x))
     x = bn(8)(x, use_running_average=not train, mask=m)
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool_tiles(x, (2, 2))
     x = nn.relu(conv(c3, (3, 3), c2 * 9, 10, padding=(1, 1))(x))
     x = nn.relu(conv(c3, (1, 1), c3, 12)(x))
     x = bn(14)(x, use_running_average=not train, mask=m)
