@@ -19,6 +19,7 @@ import time
 
 from jaxaffect import config_lib
 from jaxaffect.errors import UserError, one_line
+from jaxaffect.tools import conv_timing
 
 
 def _instructions(hlo: str) -> dict[str, tuple[str, str]]:
@@ -65,6 +66,10 @@ def _eigen_convolutions(hlo: str) -> int:
   return hlo.count(" convolution(") - ynn_fused_ops(hlo)["convolution"]
 
 
+# The kind of the rows of XLA:CPU's own convolutions, each compiled and timed on its own.
+CONV_ALONE = "convolution (timed alone)"
+
+
 def _source(op_name: str) -> str:
   """'jit(train_step)/.../l5_p/tcn1/conv/...c,cd->...d/dot_general' -> 'tcn1/conv ... dot_general'
   with the layer index dropped, so the same op of every block adds up."""
@@ -73,7 +78,8 @@ def _source(op_name: str) -> str:
   return "/".join(parts[-3:])
 
 
-def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) -> dict:
+def profile(config, *, eval_step: bool = False, trace_dir: str | None = None,
+            time_convolutions: bool = True) -> dict:
   import jax
   from jax.profiler import ProfileData
 
@@ -81,6 +87,7 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
   from jaxaffect import trainer
   from jaxaffect.tools.benchmark import _random_batch
   s = trainer.setup(config, prepare_data=False)
+  platform = jax.devices()[0].platform
   gb = int(config.batch_size)
   local = _random_batch(s.method.example_batch(gb // jax.process_count()))
   with s.context():
@@ -114,8 +121,19 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
   # carries its HLO instruction in the "hlo_op" stat. On the CPU the thunks are host events.
   planes = [p for p in data.planes if p.name.startswith("/device:")] or list(data.planes)
   on_device = planes[0].name.startswith("/device:")
+  # XLA:CPU's own convolutions: their events time a launch only, so they are timed alone.
+  eigen = {} if on_device or not time_convolutions else conv_timing.parse_convolutions(hlo)
+  runs = collections.Counter()
   by_kind, by_source, by_kernel, unmatched = (collections.Counter() for _ in range(4))
   total = 0
+
+  def add(kind, src, kernel, ns):
+    nonlocal total
+    by_kind[kind] += ns
+    by_source[f"{kind:12s} {_source(src)}"] += ns
+    by_kernel[kernel[:60]] += ns
+    total += ns
+
   for plane in planes:
     for line in plane.lines:
       for ev in line.events:
@@ -126,17 +144,37 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None) ->
           if on_device:
             unmatched[ev.name[:80]] += ev.duration_ns
           continue
-        kind, src = instr[op]
-        by_kind[kind] += ev.duration_ns
-        by_source[f"{kind:12s} {_source(src)}"] += ev.duration_ns
-        by_kernel[ev.name[:60]] += ev.duration_ns
-        total += ev.duration_ns
+        if op in eigen:
+          runs[op] += 1
+          continue
+        add(*instr[op], ev.name, ev.duration_ns)
+  timed, untimed, alone_s = _time_convolutions(eigen, runs, instr, add, platform)
   return {"compile_s": compile_s, "profiled_step_s": step_s, "trace_dir": trace_dir,
           "op_time_s": total / 1e9, "by_kind": by_kind, "by_source": by_source,
           "by_kernel": by_kernel, "unmatched": unmatched,
           "unmatched_s": sum(unmatched.values()) / 1e9, "on_device": on_device,
           "planes": [p.name for p in planes],
-          "eigen_convolutions": 0 if on_device else _eigen_convolutions(hlo)}
+          "eigen_convolutions": 0 if on_device else _eigen_convolutions(hlo),
+          "convolutions_timed_alone": timed, "convolutions_not_timed": untimed,
+          "convolution_timing_s": alone_s}
+
+
+def _time_convolutions(eigen, runs, instr, add, platform) -> tuple[int, list[str], float]:
+  """Adds each Eigen convolution of the step, timed alone, times the runs the trace saw (a
+  scanned body runs its convolutions once per layer). Returns (how many were timed, the ones
+  that could not be rebuilt, seconds spent timing)."""
+  from jaxaffect import xla_options
+  options = xla_options.for_step(platform)
+  alone, untimed, t0 = {}, [], time.perf_counter()
+  for name, conv in eigen.items():
+    try:
+      if conv not in alone:
+        alone[conv] = conv_timing.time_alone(conv, compiler_options=options)
+    except Exception as e:  # noqa: BLE001 - a shape we cannot rebuild is reported, not fatal
+      untimed.append(f"{name}: {one_line(e)[:120]}")
+      continue
+    add(CONV_ALONE, instr[name][1], f"{name} (timed alone)", alone[conv] * max(runs[name], 1) * 1e9)
+  return len(eigen) - len(untimed), untimed, time.perf_counter() - t0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,6 +185,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--top", type=int, default=25, help="rows of the per-source table")
   p.add_argument("--trace_dir", default=None,
                  help="keep the trace here (TensorBoard/Perfetto); default: a temp dir")
+  p.add_argument("--no_conv_timing", action="store_true",
+                 help="on CPU, do not time XLA's own (Eigen) convolutions alone")
   p.add_argument("--json", default=None,
                  help="also write every row (by kind, source op and kernel name) to this file")
   return p
@@ -156,14 +196,21 @@ def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     args, config = config_lib.tool_args(_parser(), argv)
-    res = profile(config, eval_step=args.eval, trace_dir=args.trace_dir)
+    res = profile(config, eval_step=args.eval, trace_dir=args.trace_dir,
+                  time_convolutions=not args.no_conv_timing)
   except UserError as e:
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     return 1
   total = res["op_time_s"] or 1e-12
   print(f"compile {res['compile_s']:.1f} s; profiled step {res['profiled_step_s']:.3f} s; "
         f"op time summed over threads {res['op_time_s']:.3f} s; trace {res['trace_dir']}")
-  if res["eigen_convolutions"]:
+  if res["convolutions_timed_alone"]:
+    print(f"note: {res['convolutions_timed_alone']} convolutions run on XLA:CPU's Eigen path, "
+          "whose trace events time only their launch; each was compiled and timed alone "
+          f"(rows '{CONV_ALONE}', {res['convolution_timing_s']:.1f} s of timing)")
+  for line in res["convolutions_not_timed"]:
+    print(f"note: convolution not timed: {line}")
+  if res["eigen_convolutions"] and not res["convolutions_timed_alone"]:
     print(f"note: {res['eigen_convolutions']} convolutions run on XLA:CPU's Eigen path, whose "
           "trace events time only their launch: the step's time not listed below is mostly "
           "theirs")
