@@ -160,21 +160,23 @@ def profile(config, *, eval_step: bool = False, trace_dir: str | None = None,
 
 
 def _time_convolutions(eigen, runs, instr, add, platform) -> tuple[int, list[str], float]:
-  """Adds each Eigen convolution of the step, timed alone, times the runs the trace saw (a
-  scanned body runs its convolutions once per layer). Returns (how many were timed, the ones
-  that could not be rebuilt, seconds spent timing)."""
+  """Adds each Eigen convolution that the traced step ran, timed alone, times its runs (a
+  scanned body runs its convolutions once per layer; an untaken branch's not at all).
+  Returns (how many were timed, the ones that could not be rebuilt, seconds spent timing)."""
   from jaxaffect import xla_options
   options = xla_options.for_step(platform)
   alone, untimed, t0 = {}, [], time.perf_counter()
   for name, conv in eigen.items():
+    if not runs[name]:
+      continue
     try:
       if conv not in alone:
         alone[conv] = conv_timing.time_alone(conv, compiler_options=options)
     except Exception as e:  # noqa: BLE001 - a shape we cannot rebuild is reported, not fatal
       untimed.append(f"{name}: {one_line(e)[:120]}")
       continue
-    add(CONV_ALONE, instr[name][1], f"{name} (timed alone)", alone[conv] * max(runs[name], 1) * 1e9)
-  return len(eigen) - len(untimed), untimed, time.perf_counter() - t0
+    add(CONV_ALONE, instr[name][1], f"{name} (timed alone)", alone[conv] * runs[name] * 1e9)
+  return sum(1 for n in eigen if runs[n]) - len(untimed), untimed, time.perf_counter() - t0
 
 
 def _parser() -> argparse.ArgumentParser:
