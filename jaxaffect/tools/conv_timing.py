@@ -15,20 +15,13 @@ import time
 
 import numpy as np
 
+from jaxaffect.tools import hlo_text
+
 _DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
 _CONV_LINE = re.compile(
     r"^\s*(?:ROOT )?%?(?P<name>[\w.\-]+) = (?P<dt>\w+)\[(?P<shape>[\d,]*)\]\S* "
     r"convolution\((?:\S+ )?%?(?P<lhs>[\w.\-]+), (?:\S+ )?%?(?P<rhs>[\w.\-]+)\), (?P<rest>.*)$",
     re.M)
-
-
-_SHAPE_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]", re.M)
-
-
-def instruction_shapes(hlo: str) -> dict[str, tuple[int, ...]]:
-  """Instruction (and parameter) name -> array shape, for every array-valued line of an HLO
-  module's text (names are unique in a module)."""
-  return {name: _ints(dims) for name, dims in _SHAPE_LINE.findall(hlo)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,35 +51,22 @@ class Conv:
         self.batch_group_count)
 
 
-def _ints(s: str) -> tuple[int, ...]:
-  return tuple(int(v) for v in s.split(",") if v)
-
-
 def _window_field(window: str, key: str, n: int, default: int) -> tuple[int, ...]:
   m = re.search(rf"\b{key}=([\dx]+)", window)
   return tuple(int(v) for v in m.group(1).split("x")) if m else (default,) * n
 
 
 def _unfused(hlo: str) -> str:
-  """The module's text without the bodies of fused computations (their instructions run
-  inside their fusion's thunk; a YNNPACK convolution is one)."""
-  fused = set(re.findall(r" fusion\(.*?calls=%?([\w.\-]+)", hlo))
-  keep, skip = [], False
-  for line in hlo.splitlines():
-    head = re.match(r"%?([\w.\-]+) .*\{$", line)
-    if head and not line.startswith(" "):
-      skip = head.group(1) in fused
-    if not skip:
-      keep.append(line)
-    if line.startswith("}"):
-      skip = False
-  return "\n".join(keep)
+  """The module's computations without the fused ones (a YNNPACK convolution sits in one)."""
+  fused = hlo_text.fused_computations(hlo)
+  return "\n".join(body for name, body in hlo_text.computations(hlo).items()
+                   if name not in fused)
 
 
 def parse_convolutions(hlo: str) -> dict[str, Conv]:
   """Instruction name -> Conv for every top-level `convolution` instruction of an HLO module's
   text (those inside fusions, YNNPACK's, have events of their own and are not listed)."""
-  shapes = instruction_shapes(hlo)
+  shapes = hlo_text.instruction_shapes(hlo)
   out = {}
   for m in _CONV_LINE.finditer(_unfused(hlo)):
     rest = m.group("rest")
@@ -95,7 +75,8 @@ def parse_convolutions(hlo: str) -> dict[str, Conv]:
       continue
     lhs_l, rhs_l, out_l = labels.groups()
     n = len(lhs_l) - 2
-    window = (re.search(r"window=\{([^}]*)\}", rest) or re.match("()", "")).group(1)
+    w = re.search(r"window=\{([^}]*)\}", rest)
+    window = w.group(1) if w else ""
     pads = re.search(r"\bpad=([\d_x\-]+)", window)
     padding = (tuple(tuple(int(v) for v in p.split("_")) for p in pads.group(1).split("x"))
                if pads else ((0, 0),) * n)
@@ -106,7 +87,7 @@ def parse_convolutions(hlo: str) -> dict[str, Conv]:
     reversal = _window_field(window, "rhs_reversal", n, 0)
     out[m.group("name")] = Conv(
         dtype=_DTYPES[m.group("dt")], lhs_shape=shapes[m.group("lhs")],
-        rhs_shape=shapes.get(m.group("rhs"), ()), out_shape=_ints(m.group("shape")),
+        rhs_shape=shapes.get(m.group("rhs"), ()), out_shape=hlo_text.ints(m.group("shape")),
         dimension_numbers=(spec(lhs_l, "b", "f"), spec(rhs_l, "o", "i"), spec(out_l, "b", "f")),
         strides=_window_field(window, "stride", n, 1), padding=padding,
         lhs_dilation=_window_field(window, "lhs_dilate", n, 1),

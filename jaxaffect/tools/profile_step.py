@@ -19,22 +19,13 @@ import time
 
 from jaxaffect import config_lib
 from jaxaffect.errors import UserError, one_line
-from jaxaffect.tools import conv_timing
+from jaxaffect.tools import conv_timing, hlo_text
 
 
 def _instructions(hlo: str) -> dict[str, tuple[str, str]]:
   """HLO instruction name -> (kind, source op name). kind is the op, or for a fusion the
   heaviest op it calls (convolution > dot > the fusion's own name)."""
-  bodies, cur, buf = {}, None, []
-  for line in hlo.splitlines():
-    head = re.match(r"%?([\w.\-]+) .*\{$", line)
-    if head and not line.startswith(" "):
-      cur, buf = head.group(1), []
-    elif line.startswith("}") and cur:
-      bodies[cur] = "\n".join(buf)
-      cur = None
-    elif cur:
-      buf.append(line)
+  bodies = hlo_text.computations(hlo)
   out = {}
   for line in hlo.splitlines():
     m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^=]*?\)|\S+) ([\w\-]+)\((.*)", line)
@@ -53,7 +44,7 @@ def _instructions(hlo: str) -> dict[str, tuple[str, str]]:
 def ynn_fused_ops(hlo: str) -> collections.Counter:
   """How many of each op ("dot", "convolution", "reduce") sit inside the YNNPACK fusions of a
   compiled program's HLO text."""
-  bodies = dict(re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+  bodies = hlo_text.computations(hlo)
   ops = collections.Counter()
   for callee in re.findall(r"calls=%?([\w.\-]+).*__ynn_fusion", hlo):
     ops.update(re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(callee, "")))
