@@ -38,3 +38,34 @@ def pytest_unconfigure(config):
   if _OWN_JIT_CACHE and not hasattr(config, "workerinput"):
     import shutil
     shutil.rmtree(_OWN_JIT_CACHE, ignore_errors=True)
+
+
+# ---- scheduling (CI time) -----------------------------------------------------------------------
+# `--dist loadfile` hands whole files to the workers from a queue that xdist sorts by test
+# count: long files with one or two tests (BPM-GCN's and the demo's sharded-equals-single-device
+# checks) came last, and one worker ran them alone for ~90 s while the other idled. Instead the
+# queue keeps the collection's order and the collection puts the longest files first (largest
+# first keeps the end even). The list is by measured wall time per file in a 2-worker run
+# (session 19, 2-core EPYC); a file not in it runs after these, in its usual order. A stale
+# list costs only time, never a result.
+LONGEST_FIRST = (
+    "test_models.py", "test_sweep.py", "test_tsl_method.py", "test_mart_method.py",
+    "test_platform.py", "test_transformer.py", "test_bpmgcn_model.py", "test_bpmgcn_method.py",
+    "test_convert.py", "test_trust.py", "test_user_errors.py", "test_demo_sharded.py",
+    "test_bpmgcn_ablations.py", "test_convert_train_parity.py", "test_cten_feature_cache.py",
+    "test_cten_method.py", "test_cten_convert.py", "test_mart_tacl.py", "test_versus.py",
+    "test_multiprocess.py", "test_sharding_transformer.py", "test_memory_mode.py",
+    "test_tsl_model.py", "test_mart_convert.py", "test_mart_encoders.py", "test_end_to_end.py",
+    "test_mart_backbones.py", "test_mart_pieces.py", "test_readme_commands.py",
+    "test_bad_input_data.py",
+)
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist >= 3.6
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
