@@ -47,7 +47,8 @@ def pytest_unconfigure(config):
 # queue keeps the collection's order and the collection puts the longest files first (largest
 # first keeps the end even). The list is by measured wall time per file in a 2-worker run
 # (session 19, 2-core EPYC); a file not in it runs after these, in its usual order. A stale
-# list costs only time, never a result.
+# list costs only time, never a result: re-measure with JAXAFFECT_TEST_TIMELINE=DIR on a full
+# run, then `python tests/schedule_report.py DIR` prints the new list.
 LONGEST_FIRST = (
     "test_models.py", "test_sweep.py", "test_tsl_method.py", "test_mart_method.py",
     "test_platform.py", "test_transformer.py", "test_bpmgcn_model.py", "test_bpmgcn_method.py",
@@ -69,3 +70,25 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
+# A folder for the run's test start/end times (tests/schedule_report.py reads them). Written by
+# the process that reports (xdist's controller sees every worker's tests, or a plain run).
+_TIMELINE = os.environ.get("JAXAFFECT_TEST_TIMELINE")
+
+
+def _timeline(kind, nodeid):
+  if not _TIMELINE or os.environ.get("PYTEST_XDIST_WORKER"):
+    return
+  import json
+  import time
+  with open(os.path.join(_TIMELINE, "run.jsonl"), "a") as f:
+    f.write(json.dumps([kind, nodeid, time.time()]) + "\n")
+
+
+def pytest_runtest_logstart(nodeid, location):
+  _timeline("start", nodeid)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+  _timeline("end", nodeid)
